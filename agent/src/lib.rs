@@ -1,0 +1,10 @@
+//! baton: a node-local agent that drains, reboots and uncordons its own Kubernetes node when the
+//! node needs maintenance, holding a `coordination.k8s.io/v1` Lease (the baton) so that only a
+//! bounded number of nodes are disrupted at once.
+//!
+//! The crate is a pure core (decisions over plain data) wrapped by a thin I/O shell (Kubernetes,
+//! files, signals); `main.rs` only wires the modules together.
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod config;

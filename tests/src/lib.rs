@@ -1,0 +1,14 @@
+//! A real local Kubernetes control plane for baton's tests: etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler and kwok (fake kubelets), started on free loopback
+//! ports in a temporary directory and stopped, by PID, when dropped.
+#![allow(clippy::missing_panics_doc)]
+
+pub mod assets;
+pub mod cluster;
+pub mod fixtures;
+pub mod pki;
+pub mod process;
+pub mod wait;
+
+pub use cluster::{Cluster, shared};
+pub use wait::wait_for;
