@@ -1,7 +1,12 @@
 //! Command-line and environment configuration. Every flag has a `BATON_*` environment twin, and
-//! everything is validated at start-up so that bad input fails fast with one readable line.
+//! everything is validated at start-up so that bad input fails fast with one readable line that
+//! names the flag.
 
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// baton: drain, reboot and uncordon this node, one node at a time.
 #[derive(Debug, Parser)]
@@ -16,5 +21,368 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node agent (the DaemonSet's entry point).
-    Agent,
+    Agent(Box<AgentArgs>),
+}
+
+/// How the host is rebooted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RebootMethod {
+    /// Send `--reboot-signal` (39, systemd's SIGRTMIN+5 "reboot") to the host's PID 1.
+    Signal,
+    /// Run `--reboot-command` in the host's mount namespace (entered with setns).
+    Command,
+    /// Dry run: drain, log the reboot that would happen, uncordon.
+    None,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The agent's flags. Names follow kured's where the meaning is the same.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// This node's name (the DaemonSet sets it from `spec.nodeName`).
+    #[arg(long, env = "BATON_NODE_NAME", alias = "node-id", value_parser = parse_dns_subdomain)]
+    pub node_name: String,
+
+    /// How often the maintenance flag is checked (also checked at start).
+    #[arg(long, env = "BATON_CHECK_INTERVAL", alias = "period", default_value = "30s",
+          value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub check_interval: Duration,
+
+    /// File whose existence means "reboot required".
+    #[arg(
+        long,
+        env = "BATON_REBOOT_SENTINEL",
+        default_value = "/var/run/reboot-required"
+    )]
+    pub reboot_sentinel: PathBuf,
+
+    /// Command that decides instead of the file: exit 0 = reboot required, 1 = not required,
+    /// anything else = could not check (never a reboot). Runs in the host's mount namespace.
+    #[arg(long, env = "BATON_REBOOT_SENTINEL_COMMAND", value_parser = parse_command)]
+    pub reboot_sentinel_command: Option<CommandLine>,
+
+    /// How long the sentinel command may run before it counts as "could not check".
+    #[arg(long, env = "BATON_REBOOT_SENTINEL_TIMEOUT", default_value = "30s",
+          value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub reboot_sentinel_timeout: Duration,
+
+    /// Namespace of the Lease that serialises reboots.
+    #[arg(long, env = "BATON_LOCK_NAMESPACE", default_value = "baton-system",
+          value_parser = parse_dns_label)]
+    pub lock_namespace: String,
+
+    /// Name of the Lease that serialises reboots.
+    #[arg(long, env = "BATON_LOCK_NAME", default_value = "baton", value_parser = parse_dns_subdomain)]
+    pub lock_name: String,
+
+    /// How long a holder that stopped renewing keeps the Lease before others may take it over.
+    #[arg(long, env = "BATON_LOCK_TTL", default_value = "30m", value_parser = parse_lock_ttl, allow_hyphen_values = true)]
+    pub lock_ttl: Duration,
+
+    /// Give up draining after this long: uncordon, release the Lease, back off.
+    #[arg(long, env = "BATON_DRAIN_TIMEOUT", default_value = "10m",
+          value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub drain_timeout: Duration,
+
+    /// How long to wait after a failed drain before trying again.
+    #[arg(long, env = "BATON_DRAIN_FAILURE_BACKOFF", default_value = "5m",
+          value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub drain_failure_backoff: Duration,
+
+    /// Reboot even when the drain failed or timed out.
+    #[arg(long, env = "BATON_FORCE_REBOOT", default_value_t = false)]
+    pub force_reboot: bool,
+
+    /// How to reboot the host.
+    #[arg(
+        long,
+        env = "BATON_REBOOT_METHOD",
+        value_enum,
+        default_value = "command"
+    )]
+    pub reboot_method: RebootMethod,
+
+    /// Command that reboots the host, run in the host's mount namespace.
+    #[arg(long, env = "BATON_REBOOT_COMMAND", default_value = "/bin/systemctl reboot",
+          value_parser = parse_command)]
+    pub reboot_command: CommandLine,
+
+    /// Signal sent to the host's PID 1 by the signal method (39 = SIGRTMIN+5: systemd reboots).
+    #[arg(long, env = "BATON_REBOOT_SIGNAL", default_value_t = 39,
+          value_parser = clap::value_parser!(i32).range(1..=64))]
+    pub reboot_signal: i32,
+
+    /// How many times a reboot may be triggered without the boot ID changing before baton
+    /// gives up on this node (no reboot loops).
+    #[arg(long, env = "BATON_MAX_REBOOT_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_reboot_attempts: u32,
+
+    /// PID whose namespaces count as the host's: the target of the reboot signal and of setns.
+    /// Only tests and unusual hosts change it.
+    #[arg(long, env = "BATON_HOST_PID", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub host_pid: i32,
+
+    /// File holding the current boot ID; a changed ID proves the reboot happened.
+    #[arg(
+        long,
+        env = "BATON_BOOT_ID_FILE",
+        default_value = "/proc/sys/kernel/random/boot_id"
+    )]
+    pub boot_id_file: PathBuf,
+
+    /// Address of the /healthz, /readyz and /metrics server.
+    #[arg(long, env = "BATON_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub metrics_address: SocketAddr,
+
+    /// Timeout of each Kubernetes API request (watches excepted).
+    #[arg(long, env = "BATON_API_TIMEOUT", default_value = "30s",
+          value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub api_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `baton=debug,kube=info`.
+    #[arg(long, env = "BATON_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// The shortest `--lock-ttl`: renewals happen every third of it, and must fit API latency.
+const MIN_LOCK_TTL: Duration = Duration::from_secs(6);
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|_| "expected a duration such as 90s, 10m or 1h".to_owned())?;
+    if d.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(d)
+}
+
+fn parse_lock_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_positive_duration(s)?;
+    if d < MIN_LOCK_TTL {
+        return Err(format!(
+            "must be at least {}",
+            humantime::format_duration(MIN_LOCK_TTL)
+        ));
+    }
+    Ok(d)
+}
+
+/// A command and its arguments, split like a shell would split them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandLine(pub Vec<String>);
+
+impl std::ops::Deref for CommandLine {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.0
+    }
+}
+
+fn parse_command(s: &str) -> Result<CommandLine, String> {
+    let words = split_words(s)?;
+    if words.is_empty() {
+        return Err("must name a command".to_owned());
+    }
+    Ok(CommandLine(words))
+}
+
+/// Splits a command line into words, honouring single and double quotes and backslashes (like a
+/// POSIX shell, without expansions).
+pub fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push(c),
+                        None => return Err("unterminated single quote".to_owned()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c) => word.push(c),
+                            None => return Err("unterminated double quote".to_owned()),
+                        },
+                        Some(c) => word.push(c),
+                        None => return Err("unterminated double quote".to_owned()),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some(c) => word.push(c),
+                    None => return Err("trailing backslash".to_owned()),
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
+}
+
+fn parse_dns_label(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("must be a DNS label: up to 63 lowercase letters, digits or '-'".to_owned())
+    }
+}
+
+fn parse_dns_subdomain(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if s.len() > 253 || s.split('.').any(|l| parse_dns_label(l).is_err()) {
+        return Err(
+            "must be a DNS subdomain: lowercase letters, digits, '-' and '.', up to 253".to_owned(),
+        );
+    }
+    Ok(s.to_owned())
+}
+
+impl AgentArgs {
+    /// How often the holder renews the Lease: three renewals fit in one TTL, so one or two
+    /// failed writes never cost the lock; at most every minute, to keep API writes rare.
+    pub fn lock_renew_interval(&self) -> Duration {
+        (self.lock_ttl / 3).min(Duration::from_secs(60))
+    }
+}
+
+/// Turns a clap error into one line that names the flag and the problem.
+pub fn one_line_error(err: &clap::Error) -> String {
+    let text = err.to_string();
+    let kept: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .collect();
+    let line = kept.join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    format!("baton: error: {line}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<AgentArgs, String> {
+        let mut all = vec!["baton", "agent"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all) {
+            Ok(Cli {
+                command: Command::Agent(a),
+            }) => Ok(*a),
+            Err(e) => Err(one_line_error(&e)),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let a = parse(&["--node-name", "n1"]).unwrap();
+        assert_eq!(a.check_interval, Duration::from_secs(30));
+        assert_eq!(a.lock_ttl, Duration::from_secs(30 * 60));
+        assert_eq!(a.drain_timeout, Duration::from_secs(600));
+        assert_eq!(a.reboot_method, RebootMethod::Command);
+        assert_eq!(*a.reboot_command, ["/bin/systemctl", "reboot"]);
+        assert_eq!(a.reboot_signal, 39);
+        assert_eq!(a.reboot_sentinel, PathBuf::from("/var/run/reboot-required"));
+        assert_eq!(a.lock_renew_interval(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_values_give_one_line_naming_the_flag() {
+        for (args, flag) in [
+            (
+                vec!["--node-name", "n1", "--reboot-method", "kexec"],
+                "--reboot-method",
+            ),
+            (vec!["--node-name", "n1", "--lock-ttl", "-5m"], "--lock-ttl"),
+            (vec!["--node-name", "n1", "--lock-ttl", "2s"], "--lock-ttl"),
+            (
+                vec!["--node-name", "n1", "--drain-timeout", "0s"],
+                "--drain-timeout",
+            ),
+            (vec!["--node-name", "Not_A_Node"], "--node-name"),
+            (
+                vec!["--node-name", "n1", "--reboot-signal", "99"],
+                "--reboot-signal",
+            ),
+            (
+                vec!["--node-name", "n1", "--reboot-command", "'unterminated"],
+                "--reboot-command",
+            ),
+            (vec![], "--node-name"),
+        ] {
+            let err = parse(&args).unwrap_err();
+            assert!(!err.contains('\n'), "{err}");
+            assert!(err.contains(flag), "{err} should name {flag}");
+            assert!(err.starts_with("baton: error: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn kured_names_are_accepted() {
+        let a = parse(&["--node-id", "n1", "--period", "1m"]).unwrap();
+        assert_eq!(a.node_name, "n1");
+        assert_eq!(a.check_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn words_split_like_a_shell() {
+        assert_eq!(split_words("a b  c").unwrap(), ["a", "b", "c"]);
+        assert_eq!(
+            split_words(r#"sh -c 'echo "x y"'"#).unwrap(),
+            ["sh", "-c", r#"echo "x y""#]
+        );
+        assert_eq!(split_words(r#"a\ b "c\"d""#).unwrap(), ["a b", "c\"d"]);
+        assert_eq!(split_words("''").unwrap(), [""]);
+        assert!(split_words("'x").is_err());
+        assert!(split_words("x\\").is_err());
+    }
 }

@@ -2,9 +2,21 @@
 //! node needs maintenance, holding a `coordination.k8s.io/v1` Lease (the baton) so that only a
 //! bounded number of nodes are disrupted at once.
 //!
-//! The crate is a pure core (decisions over plain data) wrapped by a thin I/O shell (Kubernetes,
-//! files, signals); `main.rs` only wires the modules together.
+//! The crate is a pure core (decisions over plain data: [`machine`], [`lease::Observer`],
+//! [`drain::classify`], [`flag::combine`]) wrapped by a thin I/O shell ([`agent`], Kubernetes,
+//! files, processes, signals); `main.rs` only wires the modules together.
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod agent;
 pub mod config;
+pub mod drain;
+pub mod flag;
+pub mod host;
+pub mod lease;
+pub mod machine;
+pub mod metrics;
+pub mod node;
+pub mod reboot;
+pub mod server;
+pub mod shutdown;

@@ -1,10 +1,72 @@
-//! The `baton` binary: parses the configuration and wires the modules together.
+//! The `baton` binary: parses the configuration, sets up logging and signals, and runs the
+//! agent. Bad input ends here with one line on stderr and a non-zero exit.
 
+use std::process::ExitCode;
+
+use baton::config::{AgentArgs, Cli, Command, LogFormat, one_line_error};
 use clap::Parser;
+use clap::error::ErrorKind;
+use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
-    let cli = baton::config::Cli::parse();
+/// Exit code for bad flags or environment (as clap uses).
+const USAGE_EXIT: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{}", one_line_error(&e));
+            return ExitCode::from(USAGE_EXIT);
+        }
+    };
     match cli.command {
-        baton::config::Command::Agent => anyhow::bail!("the agent is not implemented yet"),
+        Command::Agent(args) => agent(*args),
+    }
+}
+
+fn agent(args: AgentArgs) -> ExitCode {
+    let filter = match EnvFilter::try_new(&args.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "baton: error: invalid value {:?} for '--log-level': {e}",
+                args.log_level
+            );
+            return ExitCode::from(USAGE_EXIT);
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+    // One thread is plenty for an agent that mostly waits, and keeps its footprint small.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("baton: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let (shutdown, signals) = baton::shutdown::install()?;
+        baton::agent::run(args, shutdown, signals).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            eprintln!("baton: error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,0 +1,889 @@
+//! The I/O shell: watches this Node and the Lease, checks the maintenance flag, asks
+//! [`machine::next_step`] what to do, and carries the step out. Every background task is
+//! supervised: if one ends, the agent exits (and the DaemonSet restarts it).
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, anyhow};
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::AgentArgs;
+use crate::flag::{self, Flag, Source};
+use crate::host::{Host, read_boot_id};
+use crate::lease::{LeaseClient, LeaseError, LeaseView, Observer, Record};
+use crate::machine::{self, AbortReason, NodeState, Observation, Phase, Step, Wait};
+use crate::metrics::Metrics;
+use crate::node::{self, Events, Update};
+use crate::reboot::{self, Triggered};
+use crate::server::{self, Readiness};
+use crate::shutdown::Shutdown;
+
+/// After triggering a reboot, how long to wait for the host to go down before triggering again:
+/// a clean shutdown of a busy host takes minutes, and a second trigger is harmless but noisy.
+const REBOOT_WAIT: Duration = Duration::from_secs(10 * 60);
+/// Pause after a failed step before trying again: long enough not to hammer a struggling API
+/// server, short enough that a transient error costs little.
+const ERROR_RETRY: Duration = Duration::from_secs(5);
+/// Margin added to a computed wake-up time (a Lease's expiry), so the check runs after it.
+const WAKE_MARGIN: Duration = Duration::from_millis(50);
+
+/// What a watched object looks like so far.
+#[derive(Debug, Clone)]
+enum Seen<K> {
+    /// The first list has not completed.
+    Unsynced,
+    /// The object does not exist.
+    Missing,
+    /// The object.
+    Present(Box<K>),
+}
+
+fn rv_number<K: Resource>(obj: &K) -> Option<u64> {
+    obj.meta().resource_version.as_deref()?.parse().ok()
+}
+
+/// Keeps the newest version of an object from two sources (the watch and our own writes), so a
+/// late watch event never rolls back what this agent just wrote.
+#[derive(Debug)]
+struct Latest<K> {
+    current: Seen<K>,
+}
+
+impl<K: Resource + Clone> Latest<K> {
+    fn offer(&mut self, seen: Seen<K>) {
+        let newer = match (&self.current, &seen) {
+            (Seen::Present(old), Seen::Present(new)) => {
+                match (rv_number(&**old), rv_number(&**new)) {
+                    (Some(o), Some(n)) => n >= o,
+                    _ => true,
+                }
+            }
+            _ => true,
+        };
+        if newer {
+            self.current = seen;
+        }
+    }
+}
+
+/// Runs the agent until a stop is requested (Ok) or something fails for good (Err).
+pub async fn run(
+    args: AgentArgs,
+    shutdown: Shutdown,
+    signals: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new().context("registering metrics")?;
+    let ready = Readiness::default();
+    let listener = server::bind(args.metrics_address).await.with_context(|| {
+        format!(
+            "cannot listen on --metrics-address {}",
+            args.metrics_address
+        )
+    })?;
+
+    let config = kube::Config::infer()
+        .await
+        .context("cannot find Kubernetes credentials (in-cluster or KUBECONFIG)")?;
+    // Requests get a timeout; watches stay open for minutes, so they use a client without one.
+    // Neither retries 429s by itself: a refused eviction must reach the drain logic.
+    let mut request_config = config.clone();
+    request_config.default_retry = false;
+    request_config.read_timeout = Some(args.api_timeout);
+    let mut watch_config = config;
+    watch_config.default_retry = false;
+    let client = Client::try_from(request_config).context("building the API client")?;
+    let watch_client = Client::try_from(watch_config).context("building the API client")?;
+
+    let (node_tx, node_rx) = watch::channel(Seen::Unsynced);
+    let (lease_tx, lease_rx) = watch::channel(Seen::Unsynced);
+    let lease_client = LeaseClient::new(
+        Api::namespaced(client.clone(), &args.lock_namespace),
+        &args.lock_name,
+        &args.node_name,
+        args.lock_ttl,
+    );
+
+    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    {
+        let (m, r, mut s) = (metrics.clone(), ready.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let res = server::serve(listener, m, r, async move { s.wait().await }).await;
+            ("server", res.map_err(Into::into))
+        });
+    }
+    tasks.spawn(async move {
+        signals.await;
+        ("signals", Ok(()))
+    });
+    tasks.spawn(watch_named(
+        Api::<Node>::all(watch_client.clone()),
+        args.node_name.clone(),
+        node_tx,
+        metrics.clone(),
+        "node",
+    ));
+    tasks.spawn(watch_named(
+        Api::<Lease>::namespaced(watch_client, &args.lock_namespace),
+        args.lock_name.clone(),
+        lease_tx,
+        metrics.clone(),
+        "lease",
+    ));
+    tasks.spawn(renew_loop(
+        lease_client.clone(),
+        lease_rx.clone(),
+        args.node_name.clone(),
+        args.lock_renew_interval(),
+        metrics.clone(),
+    ));
+
+    let mut agent = Agent {
+        host: Host::new(args.host_pid),
+        nodes: Api::all(client.clone()),
+        pods: Api::all(client.clone()),
+        client,
+        lease: lease_client,
+        metrics,
+        ready,
+        events: None,
+        node_rx,
+        lease_rx,
+        node: Latest {
+            current: Seen::Unsynced,
+        },
+        lease_seen: Latest {
+            current: Seen::Unsynced,
+        },
+        observer: Observer::new(Instant::now()),
+        source_flag: Flag::Unknown("not checked yet".into()),
+        next_check: Instant::now(),
+        triggered_at: None,
+        last_wait: None,
+        shutdown,
+        args,
+    };
+    tokio::select! {
+        res = agent.run_loop() => res,
+        Some(done) = tasks.join_next() => match done {
+            Ok((name, Ok(()))) => Err(anyhow!("task {name} ended unexpectedly")),
+            Ok((name, Err(e))) => Err(e.context(format!("task {name} failed"))),
+            Err(e) => Err(anyhow!("a background task panicked: {e}")),
+        },
+    }
+}
+
+/// Mirrors one named object into `tx`, for ever, backing off on errors.
+async fn watch_named<K>(
+    api: Api<K>,
+    name: String,
+    tx: watch::Sender<Seen<K>>,
+    metrics: Metrics,
+    what: &'static str,
+) -> (&'static str, anyhow::Result<()>)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    let mut listed: Option<K> = None;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(Event::Init) => listed = None,
+            Ok(Event::InitApply(o)) => listed = Some(o),
+            Ok(Event::InitDone) => {
+                let _ = tx.send(
+                    listed
+                        .take()
+                        .map_or(Seen::Missing, |o| Seen::Present(Box::new(o))),
+                );
+            }
+            Ok(Event::Apply(o)) => {
+                let _ = tx.send(Seen::Present(Box::new(o)));
+            }
+            Ok(Event::Delete(_)) => {
+                let _ = tx.send(Seen::Missing);
+            }
+            Err(e) => {
+                metrics.errors.with_label_values(&["watch"]).inc();
+                tracing::warn!(object = what, error = %e, "watch failed; retrying");
+            }
+        }
+    }
+    (what, Err(anyhow!("the {what} watch ended")))
+}
+
+/// Renews the Lease while this node holds it.
+async fn renew_loop(
+    lease: LeaseClient,
+    rx: watch::Receiver<Seen<Lease>>,
+    me: String,
+    every: Duration,
+    metrics: Metrics,
+) -> (&'static str, anyhow::Result<()>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mine = matches!(&*rx.borrow(), Seen::Present(l)
+            if Record::from_lease(l).holder.as_deref() == Some(me.as_str()));
+        if !mine {
+            continue;
+        }
+        match lease.renew().await {
+            Ok(_) => tracing::debug!("renewed the lease"),
+            Err(LeaseError::HeldByOther(holder)) => {
+                tracing::warn!(%holder, "the lease is no longer ours");
+            }
+            Err(e) => {
+                metrics.errors.with_label_values(&["lease"]).inc();
+                tracing::warn!(error = %e, "could not renew the lease");
+            }
+        }
+    }
+}
+
+/// What the loop does after a step.
+enum Progress {
+    /// Decide again at once (the step changed something).
+    Again,
+    /// Nothing changes until an observation does.
+    Wait,
+    /// Stop requested.
+    Stop,
+}
+
+struct Agent {
+    args: AgentArgs,
+    host: Host,
+    client: Client,
+    nodes: Api<Node>,
+    pods: Api<Pod>,
+    lease: LeaseClient,
+    metrics: Metrics,
+    ready: Readiness,
+    events: Option<Events>,
+    node_rx: watch::Receiver<Seen<Node>>,
+    lease_rx: watch::Receiver<Seen<Lease>>,
+    node: Latest<Node>,
+    lease_seen: Latest<Lease>,
+    observer: Observer,
+    source_flag: Flag,
+    next_check: Instant,
+    triggered_at: Option<Instant>,
+    last_wait: Option<String>,
+    shutdown: Shutdown,
+}
+
+impl Agent {
+    async fn run_loop(&mut self) -> anyhow::Result<()> {
+        // Not ready until the Node has been seen and the flag checked once.
+        loop {
+            if matches!(
+                *self.node_rx.borrow_and_update(),
+                Seen::Present(_) | Seen::Missing
+            ) {
+                break;
+            }
+            tokio::select! {
+                r = self.node_rx.changed() => r.context("node watch stopped")?,
+                () = self.shutdown.wait() => return Ok(()),
+            }
+        }
+        self.check_flag().await;
+        self.ready.set_ready();
+        tracing::info!(node = %self.args.node_name, "ready");
+
+        loop {
+            if self.shutdown.requested() {
+                return self.stop().await;
+            }
+            if Instant::now() >= self.next_check {
+                self.check_flag().await;
+            }
+            self.node.offer(self.node_rx.borrow_and_update().clone());
+            self.lease_seen
+                .offer(self.lease_rx.borrow_and_update().clone());
+            let progress = match self.decide_and_act().await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.metrics.errors.with_label_values(&["step"]).inc();
+                    tracing::error!(error = format!("{e:#}"), "step failed; retrying");
+                    self.sleep_or_stop(ERROR_RETRY).await
+                }
+            };
+            match progress {
+                Progress::Again => {}
+                Progress::Wait => self.wait_for_change().await,
+                Progress::Stop => return self.stop().await,
+            }
+        }
+    }
+
+    async fn sleep_or_stop(&mut self, d: Duration) -> Progress {
+        tokio::select! {
+            () = tokio::time::sleep(d) => Progress::Again,
+            () = self.shutdown.wait() => Progress::Stop,
+        }
+    }
+
+    async fn check_flag(&mut self) {
+        let (flag, source) = match &self.args.reboot_sentinel_command {
+            Some(argv) => (
+                flag::check_command(&self.host, argv, self.args.reboot_sentinel_timeout).await,
+                Source::Command,
+            ),
+            None => (
+                flag::check_file(&self.args.reboot_sentinel).await,
+                Source::File,
+            ),
+        };
+        if let Flag::Unknown(why) = &flag {
+            self.metrics
+                .flag_check_failures
+                .with_label_values(&[source.as_str()])
+                .inc();
+            tracing::warn!(source = source.as_str(), reason = %why, "could not check the maintenance flag (not a reboot request)");
+        }
+        if flag != self.source_flag {
+            tracing::info!(source = source.as_str(), flag = ?flag, "maintenance flag changed");
+        }
+        self.source_flag = flag;
+        self.next_check = Instant::now() + self.args.check_interval;
+    }
+
+    /// Sleeps until the Node or the Lease changes, the next flag check, a Lease expiry, the end
+    /// of a back-off, or a stop request.
+    async fn wait_for_change(&mut self) {
+        let mut wake = self.next_check;
+        if let Some(t) = self
+            .observer
+            .expires_at(&self.args.node_name, self.args.lock_ttl)
+        {
+            wake = wake.min(t + WAKE_MARGIN);
+        }
+        if let Seen::Present(n) = &self.node.current
+            && let Ok(state) = node::read_state(
+                n.metadata
+                    .annotations
+                    .as_ref()
+                    .unwrap_or(&Default::default()),
+            )
+            && let Some(until) = state.backoff_until
+            && let Ok(left) = until.duration_since(SystemTime::now())
+        {
+            wake = wake.min(Instant::now() + left + WAKE_MARGIN);
+        }
+        if let Some(t) = self.triggered_at {
+            wake = wake.min(t + REBOOT_WAIT);
+        }
+        tokio::select! {
+            r = self.node_rx.changed() => if r.is_err() { tracing::error!("node watch stopped") },
+            r = self.lease_rx.changed() => if r.is_err() { tracing::error!("lease watch stopped") },
+            () = tokio::time::sleep_until(wake) => {}
+            () = self.shutdown.wait() => {}
+        }
+    }
+
+    fn events(&mut self, node: &Node) -> Events {
+        self.events
+            .get_or_insert_with(|| Events::new(self.client.clone(), node))
+            .clone()
+    }
+
+    async fn decide_and_act(&mut self) -> anyhow::Result<Progress> {
+        let node = match &self.node.current {
+            Seen::Present(n) => (**n).clone(),
+            Seen::Missing => {
+                self.note_wait("node not found");
+                return Ok(Progress::Wait);
+            }
+            Seen::Unsynced => return Ok(Progress::Wait),
+        };
+        let annotations = node.metadata.annotations.clone().unwrap_or_default();
+        let state = match node::read_state(&annotations) {
+            Ok(s) => s,
+            Err(e) => {
+                // Never guess: a state baton cannot read leaves the node alone until fixed.
+                self.metrics.errors.with_label_values(&["annotation"]).inc();
+                self.note_wait(&e.to_string());
+                return Ok(Progress::Wait);
+            }
+        };
+        let boot_id = match read_boot_id(&self.args.boot_id_file) {
+            Ok(b) => b,
+            Err(e) => {
+                self.metrics.errors.with_label_values(&["boot_id"]).inc();
+                self.note_wait(&e.to_string());
+                return Ok(Progress::Wait);
+            }
+        };
+        let flag = flag::combine(
+            self.source_flag.clone(),
+            annotations.get(node::REBOOT_REQUESTED).map(String::as_str),
+        );
+        let lease_record = match &self.lease_seen.current {
+            Seen::Present(l) => Some(Record::from_lease(l)),
+            Seen::Missing => None,
+            Seen::Unsynced => return Ok(Progress::Wait),
+        };
+        let now = Instant::now();
+        self.observer.observe(lease_record.as_ref(), now);
+        let view = self
+            .observer
+            .view(&self.args.node_name, self.args.lock_ttl, now);
+
+        self.metrics.reboot_required.set(flag.gauge());
+        self.metrics
+            .lock_held
+            .set(i64::from(view == LeaseView::Mine));
+        self.metrics.set_phase(state.phase);
+
+        let step = machine::next_step(&Observation {
+            flag: &flag,
+            state: &state,
+            node_ready: node::is_ready(&node),
+            node_unschedulable: node::is_unschedulable(&node),
+            boot_id: &boot_id,
+            lease: &view,
+            now: SystemTime::now(),
+            max_reboot_attempts: self.args.max_reboot_attempts,
+        });
+        tracing::debug!(?step, phase = state.phase.as_str(), ?view, "decided");
+        self.act(step, &node, &state, &boot_id, &flag).await
+    }
+
+    fn note_wait(&mut self, why: &str) {
+        if self.last_wait.as_deref() != Some(why) {
+            tracing::info!(reason = why, "waiting");
+            self.last_wait = Some(why.to_owned());
+        }
+    }
+
+    async fn act(
+        &mut self,
+        step: Step,
+        node: &Node,
+        state: &NodeState,
+        boot_id: &str,
+        flag: &Flag,
+    ) -> anyhow::Result<Progress> {
+        let name = self.args.node_name.clone();
+        match step {
+            Step::Wait(w) => {
+                let why = match &w {
+                    Wait::NothingToDo => "no maintenance needed".to_owned(),
+                    Wait::CouldNotCheck => "could not check the maintenance flag".to_owned(),
+                    Wait::LeaseHeld(h) => format!("the lease is held by {h}"),
+                    Wait::Backoff => "backing off after a failed drain".to_owned(),
+                    Wait::DryRunDone => "dry run already done for this boot".to_owned(),
+                    Wait::GaveUp => {
+                        "gave up: triggered reboots did not reboot this host".to_owned()
+                    }
+                    Wait::FlagPersists => "the flag persists after repeated reboots".to_owned(),
+                    Wait::NodeNotReady => "rebooted; waiting for the node to be Ready".to_owned(),
+                };
+                self.note_wait(&why);
+                Ok(Progress::Wait)
+            }
+            Step::Acquire => match self.lease.acquire(self.observer.last()).await {
+                Ok(lease) => {
+                    tracing::info!(node = %name, "took the lease");
+                    self.lease_seen.offer(Seen::Present(Box::new(lease)));
+                    Ok(Progress::Again)
+                }
+                Err(LeaseError::HeldByOther(h)) => {
+                    self.note_wait(&format!("the lease is held by {h}"));
+                    Ok(Progress::Wait)
+                }
+                Err(e) => Err(e.into()),
+            },
+            Step::Release => {
+                self.release().await?;
+                Ok(Progress::Again)
+            }
+            Step::Cordon { cordon } => {
+                let next = NodeState {
+                    phase: Phase::Draining,
+                    cordoned_by_baton: cordon,
+                    boot_id_before: None,
+                    reboot_attempts: 0,
+                    backoff_until: None,
+                    ..state.clone()
+                };
+                let update = Update {
+                    annotations: node::state_annotations(&next, SystemTime::now()),
+                    unschedulable: cordon.then_some(true),
+                    resource_version: node.metadata.resource_version.clone(),
+                };
+                let written = node::apply(&self.nodes, &name, &update)
+                    .await
+                    .context("cordoning the node")?;
+                self.node.offer(Seen::Present(Box::new(written)));
+                let reason = match flag {
+                    Flag::Required(r) => r.clone(),
+                    _ => String::new(),
+                };
+                tracing::info!(node = %name, cordoned = cordon, reason = %reason, "maintenance started");
+                self.events(node)
+                    .publish(false, "MaintenanceStarted", "Cordon", format!(
+                        "baton holds the lease and {} the node to drain and reboot it ({reason})",
+                        if cordon { "cordoned" } else { "found already cordoned" }
+                    ))
+                    .await;
+                Ok(Progress::Again)
+            }
+            Step::Drain => self.drain(node, state, boot_id).await,
+            Step::Reboot => self.reboot(node, state, boot_id).await,
+            Step::Finish { uncordon } => {
+                let next = NodeState {
+                    consecutive_reboots: state.consecutive_reboots + 1,
+                    ..NodeState::default()
+                };
+                let mut annotations = node::state_annotations(&next, SystemTime::now());
+                annotations.insert(node::REBOOT_REQUESTED.into(), Value::Null);
+                annotations.insert(
+                    node::LAST_REBOOT.into(),
+                    node::format_time(SystemTime::now()).into(),
+                );
+                let update = Update {
+                    annotations,
+                    unschedulable: uncordon.then_some(false),
+                    resource_version: None,
+                };
+                let written = node::apply(&self.nodes, &name, &update)
+                    .await
+                    .context("uncordoning the node")?;
+                self.node.offer(Seen::Present(Box::new(written)));
+                self.triggered_at = None;
+                self.metrics.reboots.inc();
+                let took = phase_age(node);
+                tracing::info!(node = %name, uncordoned = uncordon, took = %took, boot_id, "reboot completed");
+                self.events(node)
+                    .publish(
+                        false,
+                        "RebootCompleted",
+                        "Uncordon",
+                        format!(
+                            "rebooted (new boot ID {boot_id}) and {} in {took}",
+                            if uncordon {
+                                "uncordoned"
+                            } else {
+                                "left cordoned as it was before"
+                            }
+                        ),
+                    )
+                    .await;
+                self.release().await?;
+                Ok(Progress::Again)
+            }
+            Step::Abort { uncordon, reason } => {
+                self.abort(node, state, boot_id, uncordon, reason, None)
+                    .await
+            }
+            Step::ResetHistory => {
+                let next = NodeState {
+                    consecutive_reboots: 0,
+                    ..state.clone()
+                };
+                let update = Update {
+                    annotations: node::state_annotations(&next, SystemTime::now()),
+                    unschedulable: None,
+                    resource_version: None,
+                };
+                let written = node::apply(&self.nodes, &name, &update).await?;
+                self.node.offer(Seen::Present(Box::new(written)));
+                Ok(Progress::Again)
+            }
+        }
+    }
+
+    async fn release(&mut self) -> anyhow::Result<()> {
+        let lease = self.lease.release().await.context("releasing the lease")?;
+        if let Some(l) = lease {
+            if Record::from_lease(&l).holder.is_none() {
+                tracing::info!(node = %self.args.node_name, "released the lease");
+            }
+            self.lease_seen.offer(Seen::Present(Box::new(l)));
+        }
+        Ok(())
+    }
+
+    async fn drain(
+        &mut self,
+        node: &Node,
+        state: &NodeState,
+        boot_id: &str,
+    ) -> anyhow::Result<Progress> {
+        let started = Instant::now();
+        let events = self.events(node);
+        let drained = tokio::select! {
+            r = crate::drain::drain(&self.pods, &self.args.node_name, self.args.drain_timeout, &self.metrics) => r,
+            () = self.shutdown.wait() => {
+                tracing::info!("stop requested mid-drain; the next start resumes");
+                return Ok(Progress::Stop);
+            }
+        };
+        self.metrics
+            .drain_duration
+            .observe(started.elapsed().as_secs_f64());
+        let failure = match &drained {
+            Ok(report) => {
+                tracing::info!(evicted = report.evicted, skipped = report.skipped, took = %node::human(started.elapsed()), "drained");
+                events
+                    .publish(
+                        false,
+                        "Drained",
+                        "Drain",
+                        format!(
+                            "evicted {} pod(s) in {}",
+                            report.evicted,
+                            node::human(started.elapsed())
+                        ),
+                    )
+                    .await;
+                None
+            }
+            Err(e) => {
+                self.metrics.errors.with_label_values(&["drain"]).inc();
+                tracing::warn!(error = %e, force_reboot = self.args.force_reboot, "drain failed");
+                Some(e.to_string())
+            }
+        };
+        match machine::after_drain(
+            failure.is_none(),
+            self.args.force_reboot,
+            state.cordoned_by_baton,
+        ) {
+            Step::Reboot => {
+                let next = NodeState {
+                    phase: Phase::Rebooting,
+                    boot_id_before: Some(boot_id.to_owned()),
+                    reboot_attempts: 0,
+                    ..state.clone()
+                };
+                let update = Update {
+                    annotations: node::state_annotations(&next, SystemTime::now()),
+                    unschedulable: None,
+                    resource_version: None,
+                };
+                let written = node::apply(&self.nodes, &self.args.node_name, &update)
+                    .await
+                    .context("recording the boot ID before the reboot")?;
+                self.node.offer(Seen::Present(Box::new(written)));
+                Ok(Progress::Again)
+            }
+            Step::Abort { uncordon, reason } => {
+                self.abort(node, state, boot_id, uncordon, reason, failure)
+                    .await
+            }
+            other => Err(anyhow!("unexpected step after a drain: {other:?}")),
+        }
+    }
+
+    async fn reboot(
+        &mut self,
+        node: &Node,
+        state: &NodeState,
+        boot_id: &str,
+    ) -> anyhow::Result<Progress> {
+        if self.triggered_at.is_some_and(|t| t.elapsed() < REBOOT_WAIT) {
+            self.note_wait("reboot triggered; waiting for the host to go down");
+            return Ok(Progress::Wait);
+        }
+        // Fencing: a successful renewal proves this node holds the Lease right now.
+        match self.lease.renew().await {
+            Ok(l) => self.lease_seen.offer(Seen::Present(Box::new(l))),
+            Err(e) => {
+                self.metrics.errors.with_label_values(&["fence"]).inc();
+                tracing::warn!(error = %e, "not rebooting: this node does not hold the lease");
+                return Ok(Progress::Wait);
+            }
+        }
+        let next = NodeState {
+            reboot_attempts: state.reboot_attempts + 1,
+            ..state.clone()
+        };
+        let update = Update {
+            annotations: node::state_annotations(&next, SystemTime::now()),
+            unschedulable: None,
+            resource_version: None,
+        };
+        let written = node::apply(&self.nodes, &self.args.node_name, &update)
+            .await
+            .context("recording the reboot attempt")?;
+        self.node.offer(Seen::Present(Box::new(written)));
+        let events = self.events(node);
+        if self.args.reboot_method != crate::config::RebootMethod::None {
+            events
+                .publish(
+                    false,
+                    "Rebooting",
+                    "Reboot",
+                    format!(
+                        "rebooting (attempt {}, method {:?}, boot ID {boot_id})",
+                        next.reboot_attempts, self.args.reboot_method
+                    ),
+                )
+                .await;
+        }
+        let triggered = reboot::trigger(
+            self.args.reboot_method,
+            self.host,
+            &self.args.reboot_command,
+            self.args.reboot_signal,
+        )
+        .await;
+        match triggered {
+            Ok(Triggered::Requested) => {
+                self.metrics.reboot_triggers.inc();
+                self.triggered_at = Some(Instant::now());
+                self.note_wait("reboot triggered; waiting for the host to go down");
+                Ok(Progress::Wait)
+            }
+            Ok(Triggered::DryRun) => {
+                self.abort(
+                    node,
+                    &next,
+                    boot_id,
+                    state.cordoned_by_baton,
+                    AbortReason::DryRun,
+                    None,
+                )
+                .await
+            }
+            Err(e) => {
+                self.metrics.errors.with_label_values(&["reboot"]).inc();
+                Err(anyhow::Error::from(e).context("triggering the reboot"))
+            }
+        }
+    }
+
+    async fn abort(
+        &mut self,
+        node: &Node,
+        state: &NodeState,
+        boot_id: &str,
+        uncordon: bool,
+        reason: AbortReason,
+        detail: Option<String>,
+    ) -> anyhow::Result<Progress> {
+        let now = SystemTime::now();
+        let mut next = NodeState {
+            phase: Phase::Idle,
+            consecutive_reboots: state.consecutive_reboots,
+            dry_run_boot_id: state.dry_run_boot_id.clone(),
+            gave_up_boot_id: state.gave_up_boot_id.clone(),
+            ..NodeState::default()
+        };
+        match reason {
+            AbortReason::DrainFailed => {
+                next.backoff_until = Some(now + self.args.drain_failure_backoff);
+            }
+            AbortReason::RebootDidNotHappen => next.gave_up_boot_id = Some(boot_id.to_owned()),
+            AbortReason::DryRun => next.dry_run_boot_id = Some(boot_id.to_owned()),
+            AbortReason::FlagCleared | AbortReason::LeaseLost => {}
+        }
+        let update = Update {
+            annotations: node::state_annotations(&next, now),
+            unschedulable: uncordon.then_some(false),
+            resource_version: None,
+        };
+        let written = node::apply(&self.nodes, &self.args.node_name, &update)
+            .await
+            .context("uncordoning the node")?;
+        self.node.offer(Seen::Present(Box::new(written)));
+        self.triggered_at = None;
+        self.metrics
+            .aborts
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        let warning = matches!(
+            reason,
+            AbortReason::DrainFailed | AbortReason::RebootDidNotHappen | AbortReason::LeaseLost
+        );
+        let what = match reason {
+            AbortReason::DrainFailed => format!(
+                "drain failed ({}); {} the node, released the lease; next try after {}",
+                detail.unwrap_or_default(),
+                if uncordon {
+                    "uncordoned"
+                } else {
+                    "left cordoned as before"
+                },
+                node::human(self.args.drain_failure_backoff)
+            ),
+            AbortReason::RebootDidNotHappen => format!(
+                "{} reboot trigger(s) did not change the boot ID; giving up until the host reboots",
+                state.reboot_attempts
+            ),
+            AbortReason::LeaseLost => "another node took the lease; maintenance stopped".to_owned(),
+            AbortReason::FlagCleared => {
+                "the maintenance flag cleared; maintenance stopped".to_owned()
+            }
+            AbortReason::DryRun => "dry run: the node would have rebooted now".to_owned(),
+        };
+        if warning {
+            tracing::warn!(reason = reason.as_str(), uncordoned = uncordon, "{what}");
+        } else {
+            tracing::info!(reason = reason.as_str(), uncordoned = uncordon, "{what}");
+        }
+        let event_reason = match reason {
+            AbortReason::DrainFailed => "DrainFailed",
+            AbortReason::RebootDidNotHappen => "RebootFailed",
+            AbortReason::LeaseLost => "LeaseLost",
+            AbortReason::FlagCleared => "MaintenanceCancelled",
+            AbortReason::DryRun => "DryRun",
+        };
+        self.events(node)
+            .publish(warning, event_reason, "Abort", what)
+            .await;
+        self.release().await?;
+        Ok(Progress::Again)
+    }
+
+    /// On a stop request: an idle holder releases the Lease; mid-cycle everything is kept, so
+    /// the next start resumes (the reboot itself stops the agent).
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        let idle = match &self.node.current {
+            Seen::Present(n) => node::read_state(
+                n.metadata
+                    .annotations
+                    .as_ref()
+                    .unwrap_or(&Default::default()),
+            )
+            .is_ok_and(|s| s.phase == Phase::Idle),
+            _ => true,
+        };
+        let mine = matches!(&self.lease_seen.current, Seen::Present(l)
+            if Record::from_lease(l).holder.as_deref() == Some(self.args.node_name.as_str()));
+        if idle && mine {
+            tracing::info!("stopping while idle: releasing the lease");
+            self.release().await?;
+        } else if mine {
+            tracing::info!("stopping mid-cycle: keeping the lease and the node's state");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn phase_age(node: &Node) -> String {
+    node.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(node::PHASE_SINCE))
+        .and_then(|v| v.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(SystemTime::from)
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map_or_else(|| "unknown time".to_owned(), node::human)
+}

@@ -1,0 +1,183 @@
+//! Maintenance-flag sources: a sentinel file, a sentinel command, and a node annotation that
+//! requests a reboot by hand. A check that fails is "could not check", which is never a reboot
+//! request.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::host::Host;
+
+/// The combined answer to "does this node need a reboot?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flag {
+    /// A reboot is required, and why.
+    Required(String),
+    /// No reboot is required.
+    NotRequired,
+    /// The flag could not be checked, and why. Never treated as a reboot request.
+    Unknown(String),
+}
+
+impl Flag {
+    /// Whether a reboot is required (1) or not (0), for the gauge; unknown counts as 0.
+    pub fn gauge(&self) -> i64 {
+        i64::from(matches!(self, Flag::Required(_)))
+    }
+}
+
+/// Where the flag was read from, for logs and the failure metric's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The sentinel file.
+    File,
+    /// The sentinel command.
+    Command,
+}
+
+impl Source {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::Command => "command",
+        }
+    }
+}
+
+/// A manual request (the annotation's value, its reason) wins over the file or command; a
+/// failed check stays a failed check otherwise.
+pub fn combine(source: Flag, annotation: Option<&str>) -> Flag {
+    match annotation {
+        Some(reason) if reason.trim().is_empty() => {
+            Flag::Required("requested by annotation".to_owned())
+        }
+        Some(reason) => Flag::Required(format!("requested by annotation: {}", reason.trim())),
+        None => source,
+    }
+}
+
+/// What a sentinel command's exit means: 0 = required, 1 = not required, anything else
+/// (including death by a signal, `None`) = could not check.
+pub fn from_exit_code(code: Option<i32>, command: &str) -> Flag {
+    match code {
+        Some(0) => Flag::Required(format!("sentinel command `{command}` exited 0")),
+        Some(1) => Flag::NotRequired,
+        Some(c) => Flag::Unknown(format!("sentinel command `{command}` exited {c}")),
+        None => Flag::Unknown(format!(
+            "sentinel command `{command}` was killed by a signal"
+        )),
+    }
+}
+
+/// Checks the sentinel file.
+pub async fn check_file(path: &Path) -> Flag {
+    match tokio::fs::try_exists(path).await {
+        Ok(true) => Flag::Required(format!("sentinel file {} exists", path.display())),
+        Ok(false) => Flag::NotRequired,
+        Err(e) => Flag::Unknown(format!(
+            "cannot check sentinel file {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// Runs the sentinel command (in the host's mount namespace) with a timeout.
+pub async fn check_command(host: &Host, argv: &[String], timeout: Duration) -> Flag {
+    let shown = argv.join(" ");
+    let mut cmd = match host.command(argv) {
+        Ok(c) => c,
+        Err(e) => return Flag::Unknown(format!("cannot prepare sentinel command `{shown}`: {e}")),
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Flag::Unknown(format!("cannot start sentinel command `{shown}`: {e}")),
+    };
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) => from_exit_code(status.code(), &shown),
+        Ok(Err(e)) => Flag::Unknown(format!("sentinel command `{shown}` failed: {e}")),
+        Err(_) => Flag::Unknown(format!(
+            "sentinel command `{shown}` timed out after {}",
+            humantime::format_duration(timeout)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_map_to_flags_and_never_guess() {
+        assert!(matches!(from_exit_code(Some(0), "x"), Flag::Required(_)));
+        assert_eq!(from_exit_code(Some(1), "x"), Flag::NotRequired);
+        for code in [Some(2), Some(127), Some(-1), None] {
+            assert!(
+                matches!(from_exit_code(code, "x"), Flag::Unknown(_)),
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn annotation_requests_a_reboot_whatever_the_source_says() {
+        for source in [Flag::NotRequired, Flag::Unknown("x".into())] {
+            assert_eq!(
+                combine(source, Some("kernel 6.12")),
+                Flag::Required("requested by annotation: kernel 6.12".into())
+            );
+        }
+        assert_eq!(
+            combine(Flag::NotRequired, Some("")),
+            Flag::Required("requested by annotation".into())
+        );
+        assert_eq!(
+            combine(Flag::Unknown("x".into()), None),
+            Flag::Unknown("x".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn file_check_reports_presence() {
+        let dir = std::env::temp_dir().join(format!("baton-flag-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("reboot-required");
+        assert_eq!(check_file(&f).await, Flag::NotRequired);
+        std::fs::write(&f, "").unwrap();
+        assert!(matches!(check_file(&f).await, Flag::Required(_)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn command_check_maps_failures_to_unknown() {
+        let host = Host::new(i32::try_from(std::process::id()).unwrap());
+        let t = Duration::from_secs(10);
+        let sh = |s: &str| vec!["/bin/sh".to_owned(), "-c".to_owned(), s.to_owned()];
+        assert!(matches!(
+            check_command(&host, &sh("exit 0"), t).await,
+            Flag::Required(_)
+        ));
+        assert_eq!(
+            check_command(&host, &sh("exit 1"), t).await,
+            Flag::NotRequired
+        );
+        assert!(matches!(
+            check_command(&host, &sh("exit 2"), t).await,
+            Flag::Unknown(_)
+        ));
+        let missing = vec!["/nonexistent/baton-sentinel".to_owned()];
+        assert!(matches!(
+            check_command(&host, &missing, t).await,
+            Flag::Unknown(_)
+        ));
+        let slow = check_command(&host, &sh("sleep 5"), Duration::from_millis(100)).await;
+        assert!(
+            matches!(slow, Flag::Unknown(ref m) if m.contains("timed out")),
+            "{slow:?}"
+        );
+    }
+}

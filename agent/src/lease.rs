@@ -1,0 +1,388 @@
+//! The baton: one `coordination.k8s.io/v1` Lease whose holder is the node allowed to disrupt
+//! itself. The decision "may I take it?" is pure ([`Observer`]); the writes ([`LeaseClient`])
+//! always carry the resourceVersion they were based on, so a 409 means someone else wrote first:
+//! re-read, never overwrite.
+//!
+//! Expiry is judged as client-go does: by how long the observed `renewTime` has stayed unchanged
+//! on this agent's monotonic clock, not by comparing wall clocks across nodes.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::time::Instant;
+
+/// Who holds the Lease, from this agent's point of view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseView {
+    /// This node holds it.
+    Mine,
+    /// Nobody holds it.
+    Free,
+    /// Another node holds it; `expired` once it stopped renewing for longer than its duration.
+    Held {
+        /// The holder's identity (its node name).
+        holder: String,
+        /// Whether the holder stopped renewing long enough for others to take over.
+        expired: bool,
+    },
+}
+
+impl LeaseView {
+    /// Whether this node may try to take the Lease.
+    pub fn may_take(&self) -> bool {
+        matches!(
+            self,
+            LeaseView::Free | LeaseView::Held { expired: true, .. }
+        )
+    }
+}
+
+/// The parts of a Lease that matter for the decision.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    /// The holder; `None` or empty means free.
+    pub holder: Option<String>,
+    /// The last renewal, as written by the holder (compared for change only, never to a clock).
+    pub renew_time: Option<String>,
+    /// The holder's declared lease duration.
+    pub duration: Option<Duration>,
+}
+
+impl Record {
+    /// Extracts the record from a Lease object.
+    pub fn from_lease(lease: &Lease) -> Self {
+        let spec = lease.spec.as_ref();
+        Self {
+            holder: spec
+                .and_then(|s| s.holder_identity.clone())
+                .filter(|h| !h.is_empty()),
+            renew_time: spec
+                .and_then(|s| s.renew_time.as_ref())
+                .map(|t| t.0.to_string()),
+            duration: spec
+                .and_then(|s| s.lease_duration_seconds)
+                .and_then(|s| u64::try_from(s).ok())
+                .map(Duration::from_secs),
+        }
+    }
+}
+
+/// Tracks when the observed Lease last changed, on the local monotonic clock.
+#[derive(Debug, Clone)]
+pub struct Observer {
+    last: Option<Record>,
+    changed_at: Instant,
+}
+
+impl Observer {
+    /// An observer that has seen nothing yet.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            last: None,
+            changed_at: now,
+        }
+    }
+
+    /// Records an observation of the Lease (`None`: it does not exist).
+    pub fn observe(&mut self, record: Option<&Record>, now: Instant) {
+        let record = record.cloned().unwrap_or_default();
+        let changed = self.last.as_ref().is_none_or(|last| {
+            last.holder != record.holder || last.renew_time != record.renew_time
+        });
+        if changed {
+            self.changed_at = now;
+        }
+        self.last = Some(record);
+    }
+
+    /// The Lease as seen by node `me`; `default_ttl` applies when the holder declared none.
+    pub fn view(&self, me: &str, default_ttl: Duration, now: Instant) -> LeaseView {
+        let Some(record) = &self.last else {
+            return LeaseView::Free;
+        };
+        match &record.holder {
+            None => LeaseView::Free,
+            Some(h) if h == me => LeaseView::Mine,
+            Some(h) => LeaseView::Held {
+                holder: h.clone(),
+                expired: now.duration_since(self.changed_at)
+                    > record.duration.unwrap_or(default_ttl),
+            },
+        }
+    }
+
+    /// When the current holder's Lease would expire if it stops renewing now (`None` when the
+    /// Lease is free or ours).
+    pub fn expires_at(&self, me: &str, default_ttl: Duration) -> Option<Instant> {
+        let record = self.last.as_ref()?;
+        match &record.holder {
+            Some(h) if h != me => Some(self.changed_at + record.duration.unwrap_or(default_ttl)),
+            _ => None,
+        }
+    }
+
+    /// The last observed record.
+    pub fn last(&self) -> Option<&Record> {
+        self.last.as_ref()
+    }
+}
+
+/// Why a Lease write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Someone else holds the Lease (or took it while we decided).
+    #[error("the lease is held by {0}")]
+    HeldByOther(String),
+    /// The write lost a race (409 Conflict) every time it was retried.
+    #[error("the lease kept changing under our writes")]
+    Conflict,
+    /// The API request failed.
+    #[error("lease request failed")]
+    Api(#[from] kube::Error),
+}
+
+/// How many times a write is retried after a 409 (each time from a fresh read).
+const CONFLICT_RETRIES: usize = 3;
+
+/// Reads and writes the Lease for node `me`.
+#[derive(Clone)]
+pub struct LeaseClient {
+    api: Api<Lease>,
+    name: String,
+    me: String,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for LeaseClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseClient")
+            .field("name", &self.name)
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> MicroTime {
+    MicroTime(Timestamp::now())
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+impl LeaseClient {
+    /// A client for Lease `name` in the API's namespace, held as `me` for `ttl`.
+    pub fn new(api: Api<Lease>, name: &str, me: &str, ttl: Duration) -> Self {
+        Self {
+            api,
+            name: name.to_owned(),
+            me: me.to_owned(),
+            ttl,
+        }
+    }
+
+    /// Takes the Lease if it is free, ours, or still exactly as `judged` (the record this agent
+    /// judged expired). Returns the new Lease.
+    pub async fn acquire(&self, judged: Option<&Record>) -> Result<Lease, LeaseError> {
+        for _ in 0..CONFLICT_RETRIES {
+            let current = self.api.get_opt(&self.name).await?;
+            let result = match current {
+                None => {
+                    let lease = Lease {
+                        metadata: ObjectMeta {
+                            name: Some(self.name.clone()),
+                            ..Default::default()
+                        },
+                        spec: Some(self.spec(None, 0)),
+                    };
+                    self.api.create(&PostParams::default(), &lease).await
+                }
+                Some(lease) => {
+                    let record = Record::from_lease(&lease);
+                    let takeable = match &record.holder {
+                        None => true,
+                        Some(h) if *h == self.me => true,
+                        Some(_) => judged.is_some_and(|j| {
+                            j.holder == record.holder && j.renew_time == record.renew_time
+                        }),
+                    };
+                    if !takeable {
+                        return Err(LeaseError::HeldByOther(record.holder.unwrap_or_default()));
+                    }
+                    let transitions = lease
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.lease_transitions)
+                        .unwrap_or(0);
+                    let already_mine = record.holder.as_deref() == Some(&self.me);
+                    let acquired = lease
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.acquire_time.clone())
+                        .filter(|_| already_mine);
+                    let mut next = lease.clone();
+                    next.spec = Some(self.spec(acquired, transitions + i32::from(!already_mine)));
+                    self.api
+                        .replace(&self.name, &PostParams::default(), &next)
+                        .await
+                }
+            };
+            match result {
+                Ok(lease) => return Ok(lease),
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(LeaseError::Conflict)
+    }
+
+    /// The spec of a Lease held by this node; `acquired` keeps the acquire time of a Lease
+    /// that was already ours (only a change of holder is an acquisition).
+    fn spec(&self, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+        let t = now();
+        LeaseSpec {
+            holder_identity: Some(self.me.clone()),
+            lease_duration_seconds: Some(i32::try_from(self.ttl.as_secs()).unwrap_or(i32::MAX)),
+            acquire_time: Some(acquired.unwrap_or_else(|| t.clone())),
+            renew_time: Some(t),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    /// Renews the Lease; fails with [`LeaseError::HeldByOther`] if it is no longer ours. A
+    /// successful renewal proves, at that instant, that this node holds the Lease.
+    pub async fn renew(&self) -> Result<Lease, LeaseError> {
+        for _ in 0..CONFLICT_RETRIES {
+            let lease = self.api.get_opt(&self.name).await?;
+            let Some(mut lease) = lease else {
+                return Err(LeaseError::HeldByOther(String::new()));
+            };
+            let holder = Record::from_lease(&lease).holder;
+            if holder.as_deref() != Some(&self.me) {
+                return Err(LeaseError::HeldByOther(holder.unwrap_or_default()));
+            }
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.renew_time = Some(now());
+                spec.lease_duration_seconds =
+                    Some(i32::try_from(self.ttl.as_secs()).unwrap_or(i32::MAX));
+            }
+            match self
+                .api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(l) => return Ok(l),
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(LeaseError::Conflict)
+    }
+
+    /// Releases the Lease if this node holds it. Returns the Lease as it now is (`None` if
+    /// it does not exist).
+    pub async fn release(&self) -> Result<Option<Lease>, LeaseError> {
+        for _ in 0..CONFLICT_RETRIES {
+            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+                return Ok(None);
+            };
+            if Record::from_lease(&lease).holder.as_deref() != Some(&self.me) {
+                return Ok(Some(lease));
+            }
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.holder_identity = None;
+                spec.acquire_time = None;
+                spec.renew_time = None;
+            }
+            match self
+                .api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(l) => return Ok(Some(l)),
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(LeaseError::Conflict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn rec(holder: Option<&str>, renew: &str) -> Record {
+        Record {
+            holder: holder.map(str::to_owned),
+            renew_time: Some(renew.to_owned()),
+            duration: Some(TTL),
+        }
+    }
+
+    #[test]
+    fn a_missing_or_empty_lease_is_free() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(t0);
+        assert_eq!(o.view("a", TTL, t0), LeaseView::Free);
+        o.observe(None, t0);
+        assert_eq!(o.view("a", TTL, t0), LeaseView::Free);
+        o.observe(Some(&rec(None, "r0")), t0);
+        assert!(o.view("a", TTL, t0).may_take());
+    }
+
+    #[test]
+    fn a_renewing_holder_never_expires_and_a_silent_one_does_after_its_duration() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(t0);
+        o.observe(Some(&rec(Some("b"), "r1")), t0);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(
+            o.view("a", TTL, at(59)),
+            LeaseView::Held {
+                holder: "b".into(),
+                expired: false
+            }
+        );
+        // Renewed at 50 s: the clock restarts from the observation, not from the wall time.
+        o.observe(Some(&rec(Some("b"), "r2")), at(50));
+        assert!(!o.view("a", TTL, at(109)).may_take());
+        assert!(o.view("a", TTL, at(111)).may_take());
+        assert_eq!(o.expires_at("a", TTL), Some(at(110)));
+        // Seeing the same record again is not a renewal.
+        o.observe(Some(&rec(Some("b"), "r2")), at(100));
+        assert!(o.view("a", TTL, at(111)).may_take());
+    }
+
+    #[test]
+    fn own_lease_is_mine_whatever_its_age() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(t0);
+        o.observe(Some(&rec(Some("a"), "r1")), t0);
+        assert_eq!(
+            o.view("a", TTL, t0 + Duration::from_secs(3600)),
+            LeaseView::Mine
+        );
+        assert_eq!(o.expires_at("a", TTL), None);
+        assert!(!LeaseView::Mine.may_take());
+    }
+
+    #[test]
+    fn holder_declared_duration_wins_over_the_local_default() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(t0);
+        let mut r = rec(Some("b"), "r1");
+        r.duration = Some(Duration::from_secs(10));
+        o.observe(Some(&r), t0);
+        assert!(o.view("a", TTL, t0 + Duration::from_secs(11)).may_take());
+        r.duration = None;
+        o.observe(Some(&r), t0);
+        assert!(!o.view("a", TTL, t0 + Duration::from_secs(11)).may_take());
+    }
+}

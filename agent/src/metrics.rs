@@ -1,0 +1,155 @@
+//! Prometheus metrics, all named `baton_*`, with no per-pod labels (cardinality stays fixed).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::machine::Phase;
+
+/// Drain duration buckets in seconds: from a near-empty node to the 30-minute drains of PDB-heavy
+/// nodes.
+const DRAIN_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
+];
+
+/// Every metric baton exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// 1 when this node's maintenance flag says a reboot is required.
+    pub reboot_required: IntGauge,
+    /// 1 while this node holds the Lease.
+    pub lock_held: IntGauge,
+    /// 1 for the current phase, 0 for the others.
+    pub phase: IntGaugeVec,
+    /// How long drains took.
+    pub drain_duration: Histogram,
+    /// Eviction attempts by outcome.
+    pub evictions: IntCounterVec,
+    /// Reboots verified by a changed boot ID.
+    pub reboots: IntCounter,
+    /// Reboots triggered (a trigger without a verified reboot is not a reboot).
+    pub reboot_triggers: IntCounter,
+    /// Cycles that stopped without a reboot, by reason.
+    pub aborts: IntCounterVec,
+    /// Errors by kind.
+    pub errors: IntCounterVec,
+    /// Maintenance-flag checks that could not tell, by source.
+    pub flag_check_failures: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every metric in a new registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let m = Self {
+            reboot_required: IntGauge::new(
+                "baton_reboot_required",
+                "1 when this node's maintenance flag says a reboot is required",
+            )?,
+            lock_held: IntGauge::new("baton_lock_held", "1 while this node holds the Lease")?,
+            phase: IntGaugeVec::new(
+                Opts::new("baton_phase", "1 for this node's current maintenance phase"),
+                &["phase"],
+            )?,
+            drain_duration: Histogram::with_opts(
+                HistogramOpts::new("baton_drain_duration_seconds", "How long drains took")
+                    .buckets(DRAIN_BUCKETS.to_vec()),
+            )?,
+            evictions: IntCounterVec::new(
+                Opts::new("baton_evictions_total", "Eviction attempts by outcome"),
+                &["outcome"],
+            )?,
+            reboots: IntCounter::new(
+                "baton_reboots_total",
+                "Reboots completed and verified by a changed boot ID",
+            )?,
+            reboot_triggers: IntCounter::new(
+                "baton_reboot_triggers_total",
+                "Reboots triggered (signal sent or command run)",
+            )?,
+            aborts: IntCounterVec::new(
+                Opts::new(
+                    "baton_cycles_aborted_total",
+                    "Cycles stopped without a reboot",
+                ),
+                &["reason"],
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new("baton_errors_total", "Errors by kind"),
+                &["kind"],
+            )?,
+            flag_check_failures: IntCounterVec::new(
+                Opts::new(
+                    "baton_flag_check_failures_total",
+                    "Maintenance-flag checks that could not tell (never a reboot request)",
+                ),
+                &["source"],
+            )?,
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.reboot_required.clone()))?;
+        r.register(Box::new(m.lock_held.clone()))?;
+        r.register(Box::new(m.phase.clone()))?;
+        r.register(Box::new(m.drain_duration.clone()))?;
+        r.register(Box::new(m.evictions.clone()))?;
+        r.register(Box::new(m.reboots.clone()))?;
+        r.register(Box::new(m.reboot_triggers.clone()))?;
+        r.register(Box::new(m.aborts.clone()))?;
+        r.register(Box::new(m.errors.clone()))?;
+        r.register(Box::new(m.flag_check_failures.clone()))?;
+        for p in ["evicted", "gone", "pdb_blocked", "error"] {
+            m.evictions.with_label_values(&[p]);
+        }
+        m.set_phase(Phase::Idle);
+        Ok(m)
+    }
+
+    /// Marks `phase` as the current one.
+    pub fn set_phase(&self, phase: Phase) {
+        for p in [Phase::Idle, Phase::Draining, Phase::Rebooting] {
+            self.phase
+                .with_label_values(&[p.as_str()])
+                .set(i64::from(p == phase));
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_named_baton_and_rendered() {
+        let m = Metrics::new().unwrap();
+        m.errors.with_label_values(&["api"]).inc();
+        m.flag_check_failures.with_label_values(&["command"]).inc();
+        let text = m.render();
+        for name in [
+            "baton_reboot_required",
+            "baton_lock_held",
+            "baton_phase{phase=\"idle\"} 1",
+            "baton_drain_duration_seconds_bucket",
+            "baton_evictions_total{outcome=\"pdb_blocked\"} 0",
+            "baton_reboots_total 0",
+            "baton_errors_total{kind=\"api\"} 1",
+            "baton_flag_check_failures_total{source=\"command\"} 1",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("baton_"), "{line}");
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! baton's state on its own Node: annotations under `baton.dev/` (phase, whether baton
+//! cordoned, the boot ID before the reboot, timestamps), written together with the cordon or
+//! uncordon in one PATCH so that an agent killed at any point resumes from a consistent record.
+//! Also the Events baton reports on the Node.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use serde_json::{Value, json};
+
+use crate::machine::{NodeState, Phase};
+
+/// The prefix of every annotation baton owns.
+pub const PREFIX: &str = "baton.dev/";
+/// Set by a human (any value, used as the reason) to request a reboot; removed when done.
+pub const REBOOT_REQUESTED: &str = "baton.dev/reboot-requested";
+/// The phase (`draining`, `rebooting`); absent when idle.
+pub const PHASE: &str = "baton.dev/phase";
+/// When the phase began (RFC 3339).
+pub const PHASE_SINCE: &str = "baton.dev/phase-since";
+/// `"true"` when baton cordoned the node (and so must uncordon it).
+pub const CORDONED: &str = "baton.dev/cordoned";
+/// The boot ID recorded before the reboot.
+pub const BOOT_ID_BEFORE: &str = "baton.dev/boot-id-before";
+/// Reboots triggered from that boot ID.
+pub const REBOOT_ATTEMPTS: &str = "baton.dev/reboot-attempts";
+/// No new cycle before this time (RFC 3339), after a failed drain.
+pub const BACKOFF_UNTIL: &str = "baton.dev/backoff-until";
+/// The boot during which a dry run already ran.
+pub const DRY_RUN_BOOT_ID: &str = "baton.dev/dry-run-boot-id";
+/// The boot during which baton gave up (reboots were triggered but did not happen).
+pub const GAVE_UP_BOOT_ID: &str = "baton.dev/gave-up-boot-id";
+/// Completed reboots that did not clear the flag.
+pub const CONSECUTIVE_REBOOTS: &str = "baton.dev/consecutive-reboots";
+/// When the last reboot completed (RFC 3339), informational.
+pub const LAST_REBOOT: &str = "baton.dev/last-reboot";
+
+/// An annotation baton cannot read back.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("node annotation {key}={value:?}: {problem}")]
+pub struct AnnotationError {
+    /// The annotation key.
+    pub key: &'static str,
+    /// Its value (truncated).
+    pub value: String,
+    /// What is wrong with it.
+    pub problem: &'static str,
+}
+
+fn bad(key: &'static str, value: &str, problem: &'static str) -> AnnotationError {
+    AnnotationError {
+        key,
+        value: value.chars().take(64).collect(),
+        problem,
+    }
+}
+
+fn parse_time(key: &'static str, v: &str) -> Result<SystemTime, AnnotationError> {
+    let ts: Timestamp = v.parse().map_err(|_| {
+        bad(
+            key,
+            v,
+            "expected an RFC 3339 time such as 2026-01-02T03:04:05Z",
+        )
+    })?;
+    Ok(SystemTime::from(ts))
+}
+
+/// Formats a time as RFC 3339, to the second.
+pub fn format_time(t: SystemTime) -> String {
+    Timestamp::try_from(t)
+        .and_then(|ts| ts.round(k8s_openapi::jiff::Unit::Second))
+        .map_or_else(|_| String::new(), |ts| ts.to_string())
+}
+
+fn parse_count(key: &'static str, v: &str) -> Result<u32, AnnotationError> {
+    v.parse()
+        .map_err(|_| bad(key, v, "expected a whole number"))
+}
+
+/// Reads baton's state from a Node's annotations.
+pub fn read_state(annotations: &BTreeMap<String, String>) -> Result<NodeState, AnnotationError> {
+    let get = |k: &str| {
+        annotations
+            .get(k)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    let phase = match get(PHASE) {
+        None => Phase::Idle,
+        Some(v) => Phase::parse(v)
+            .ok_or_else(|| bad(PHASE, v, "expected one of idle, draining, rebooting"))?,
+    };
+    let cordoned_by_baton = match get(CORDONED) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => return Err(bad(CORDONED, v, "expected true or false")),
+    };
+    let boot_id_before = get(BOOT_ID_BEFORE).map(str::to_owned);
+    if phase == Phase::Rebooting && boot_id_before.is_none() {
+        return Err(bad(BOOT_ID_BEFORE, "", "required in phase rebooting"));
+    }
+    Ok(NodeState {
+        phase,
+        cordoned_by_baton,
+        boot_id_before,
+        reboot_attempts: get(REBOOT_ATTEMPTS)
+            .map(|v| parse_count(REBOOT_ATTEMPTS, v))
+            .transpose()?
+            .unwrap_or(0),
+        backoff_until: get(BACKOFF_UNTIL)
+            .map(|v| parse_time(BACKOFF_UNTIL, v))
+            .transpose()?,
+        dry_run_boot_id: get(DRY_RUN_BOOT_ID).map(str::to_owned),
+        gave_up_boot_id: get(GAVE_UP_BOOT_ID).map(str::to_owned),
+        consecutive_reboots: get(CONSECUTIVE_REBOOTS)
+            .map(|v| parse_count(CONSECUTIVE_REBOOTS, v))
+            .transpose()?
+            .unwrap_or(0),
+    })
+}
+
+/// The annotations (as a merge patch: `null` removes) that record `state`.
+pub fn state_annotations(state: &NodeState, now: SystemTime) -> serde_json::Map<String, Value> {
+    let opt = |v: Option<String>| v.map_or(Value::Null, Value::String);
+    let idle = state.phase == Phase::Idle;
+    let mut m = serde_json::Map::new();
+    m.insert(
+        PHASE.into(),
+        if idle {
+            Value::Null
+        } else {
+            state.phase.as_str().into()
+        },
+    );
+    m.insert(
+        PHASE_SINCE.into(),
+        if idle {
+            Value::Null
+        } else {
+            format_time(now).into()
+        },
+    );
+    m.insert(
+        CORDONED.into(),
+        if state.cordoned_by_baton {
+            "true".into()
+        } else {
+            Value::Null
+        },
+    );
+    m.insert(BOOT_ID_BEFORE.into(), opt(state.boot_id_before.clone()));
+    m.insert(
+        REBOOT_ATTEMPTS.into(),
+        if state.reboot_attempts > 0 {
+            state.reboot_attempts.to_string().into()
+        } else {
+            Value::Null
+        },
+    );
+    m.insert(
+        BACKOFF_UNTIL.into(),
+        opt(state.backoff_until.map(format_time)),
+    );
+    m.insert(DRY_RUN_BOOT_ID.into(), opt(state.dry_run_boot_id.clone()));
+    m.insert(GAVE_UP_BOOT_ID.into(), opt(state.gave_up_boot_id.clone()));
+    m.insert(
+        CONSECUTIVE_REBOOTS.into(),
+        if state.consecutive_reboots > 0 {
+            state.consecutive_reboots.to_string().into()
+        } else {
+            Value::Null
+        },
+    );
+    m
+}
+
+/// The Node's Ready condition.
+pub fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
+/// Whether the Node is cordoned.
+pub fn is_unschedulable(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+/// A change to write to the Node in one PATCH.
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    /// New annotation values (`null` removes).
+    pub annotations: serde_json::Map<String, Value>,
+    /// `Some(true)` cordons, `Some(false)` uncordons.
+    pub unschedulable: Option<bool>,
+    /// Apply only if the Node is still at this resourceVersion.
+    pub resource_version: Option<String>,
+}
+
+impl Update {
+    /// The JSON merge patch.
+    pub fn patch(&self) -> Value {
+        let mut meta = json!({"annotations": self.annotations});
+        if let Some(rv) = &self.resource_version {
+            meta["resourceVersion"] = rv.clone().into();
+        }
+        let mut p = json!({"metadata": meta});
+        if let Some(u) = self.unschedulable {
+            // `null` rather than `false`: an uncordoned node has no field, like kubectl leaves it.
+            p["spec"] = json!({"unschedulable": if u { Value::Bool(true) } else { Value::Null }});
+        }
+        p
+    }
+}
+
+/// Writes an [`Update`] to Node `name`.
+pub async fn apply(api: &Api<Node>, name: &str, update: &Update) -> Result<Node, kube::Error> {
+    api.patch(name, &PatchParams::default(), &Patch::Merge(update.patch()))
+        .await
+}
+
+/// Publishes Events about this Node.
+#[derive(Clone)]
+pub struct Events {
+    recorder: Recorder,
+    reference: ObjectReference,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    /// Events reported by `baton` on Node `node`.
+    pub fn new(client: kube::Client, node: &Node) -> Self {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let reporter = Reporter {
+            controller: "baton".into(),
+            instance: Some(name.clone()),
+        };
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(name),
+            uid: node.metadata.uid.clone(),
+            ..Default::default()
+        };
+        Self {
+            recorder: Recorder::new(client, reporter),
+            reference,
+        }
+    }
+
+    /// Publishes one Event; a failure is logged, never fatal.
+    pub async fn publish(&self, warning: bool, reason: &str, action: &str, note: String) {
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &self.reference).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+/// Formats a duration for humans in logs and Events.
+pub fn human(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
+    }
+
+    fn as_strings(m: &serde_json::Map<String, Value>) -> BTreeMap<String, String> {
+        m.iter()
+            .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+            .collect()
+    }
+
+    #[test]
+    fn no_annotations_is_idle() {
+        assert_eq!(read_state(&BTreeMap::new()).unwrap(), NodeState::default());
+    }
+
+    #[test]
+    fn state_round_trips_through_annotations() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let state = NodeState {
+            phase: Phase::Rebooting,
+            cordoned_by_baton: true,
+            boot_id_before: Some("abc-123-def".into()),
+            reboot_attempts: 2,
+            backoff_until: Some(now),
+            dry_run_boot_id: Some("d".into()),
+            gave_up_boot_id: Some("g".into()),
+            consecutive_reboots: 1,
+        };
+        let written = as_strings(&state_annotations(&state, now));
+        assert_eq!(read_state(&written).unwrap(), state);
+        let idle = state_annotations(&NodeState::default(), now);
+        assert!(idle.values().all(Value::is_null), "{idle:?}");
+    }
+
+    #[test]
+    fn bad_annotations_name_the_key_and_the_problem() {
+        let cases = [
+            (ann(&[(PHASE, "exploding")]), PHASE),
+            (ann(&[(CORDONED, "yes")]), CORDONED),
+            (ann(&[(REBOOT_ATTEMPTS, "-1")]), REBOOT_ATTEMPTS),
+            (ann(&[(BACKOFF_UNTIL, "tomorrow")]), BACKOFF_UNTIL),
+            (ann(&[(PHASE, "rebooting")]), BOOT_ID_BEFORE),
+        ];
+        for (a, key) in cases {
+            let err = read_state(&a).unwrap_err();
+            assert_eq!(err.key, key);
+            let line = err.to_string();
+            assert!(line.contains(key) && !line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn cordon_and_state_go_in_one_patch_with_a_precondition() {
+        let mut u = Update {
+            unschedulable: Some(true),
+            resource_version: Some("42".into()),
+            ..Default::default()
+        };
+        u.annotations.insert(PHASE.into(), "draining".into());
+        let p = u.patch();
+        assert_eq!(p["spec"]["unschedulable"], json!(true));
+        assert_eq!(p["metadata"]["resourceVersion"], json!("42"));
+        assert_eq!(p["metadata"]["annotations"][PHASE], json!("draining"));
+        u.unschedulable = Some(false);
+        assert_eq!(u.patch()["spec"]["unschedulable"], Value::Null);
+    }
+}
