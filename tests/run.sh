@@ -7,6 +7,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 assets=$("$root/tests/control-plane/build.sh" | tail -n 1)
 export BATON_CONTROL_PLANE_ASSETS=$assets
 cd "$root"
+# The end-to-end tests run the real agent binary, one process per simulated node.
+cargo build --locked -p baton
+export BATON_BIN=${CARGO_TARGET_DIR:-$root/target}/debug/baton
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 set +e

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// baton: drain, reboot and uncordon this node, one node at a time.
 #[derive(Debug, Parser)]
-#[command(name = "baton", version, about, long_about = None)]
+#[command(name = "baton", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
@@ -21,6 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node agent (the DaemonSet's entry point).
+    #[command(args_override_self = true)]
     Agent(Box<AgentArgs>),
 }
 
@@ -364,6 +365,18 @@ mod tests {
             assert!(err.contains(flag), "{err} should name {flag}");
             assert!(err.starts_with("baton: error: "), "{err}");
         }
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_the_last_value_like_go_flags_do() {
+        let a = parse(&[
+            "--node-name",
+            "n1",
+            "--drain-timeout=1m",
+            "--drain-timeout=2m",
+        ])
+        .unwrap();
+        assert_eq!(a.drain_timeout, Duration::from_secs(120));
     }
 
     #[test]

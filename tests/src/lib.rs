@@ -3,11 +3,14 @@
 //! ports in a temporary directory and stopped, by PID, when dropped.
 #![allow(clippy::missing_panics_doc)]
 
+pub mod agent;
 pub mod assets;
 pub mod cluster;
 pub mod fixtures;
+pub mod observe;
 pub mod pki;
 pub mod process;
+pub mod rollout;
 pub mod wait;
 
 pub use cluster::{Cluster, shared};

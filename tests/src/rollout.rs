@@ -1,0 +1,77 @@
+//! Drives simulated reboots while real agents roll through their nodes: whenever an agent
+//! triggers a reboot, the harness checks that its node holds the Lease at that instant, then
+//! reboots the node (see [`SimNode::reboot`]).
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use kube::Client;
+
+use crate::agent::SimNode;
+use crate::cluster::Cluster;
+
+/// How often the harness looks for reboot triggers (a local file per node).
+const TRIGGER_POLL: Duration = Duration::from_millis(50);
+
+/// What the harness saw while driving.
+#[derive(Debug, Default)]
+pub struct Driven {
+    /// Reboots where the node did not hold the Lease when the host went down.
+    pub fencing_violations: Vec<String>,
+    /// The order in which nodes rebooted.
+    pub order: Vec<String>,
+}
+
+/// Reboots nodes as their agents ask, until every node in `nodes` has rebooted at least
+/// `boots` times in total... or `timeout` passes.
+pub async fn drive(
+    cluster: &Cluster,
+    client: &Client,
+    nodes: &mut [SimNode],
+    boots: u32,
+    timeout: Duration,
+) -> Result<Driven> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut driven = Driven::default();
+    loop {
+        for n in nodes.iter_mut() {
+            if n.triggers() > 0 {
+                let holder = n.reboot(cluster, client).await?;
+                if holder.as_deref() != Some(n.name.as_str()) {
+                    driven.fencing_violations.push(format!(
+                        "{} rebooted while the lease holder was {holder:?}",
+                        n.name
+                    ));
+                }
+                driven.order.push(n.name.clone());
+            }
+            if let Some(status) = n.exited() {
+                bail!("the agent of {} exited ({status}):\n{}", n.name, n.log());
+            }
+        }
+        if nodes.iter().all(|n| n.boots() >= boots) {
+            return Ok(driven);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let state: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("{}: {} boot(s)", n.name, n.boots()))
+                .collect();
+            let logs: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("--- {} ---\n{}", n.name, tail(&n.log(), 30)))
+                .collect();
+            bail!(
+                "timed out after {timeout:?}: {}\n{}",
+                state.join(", "),
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(TRIGGER_POLL).await;
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,472 @@
+//! baton's whole cycle against a real control plane, with the real `baton` binary running as
+//! one process per kwok node: flag → Lease → cordon → drain → reboot → verify → uncordon →
+//! pass on.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use baton_tests::agent::{Method, SimNode};
+use baton_tests::observe::Recorder;
+use baton_tests::rollout::drive;
+use baton_tests::{Cluster, fixtures, shared, wait_for};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Node};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+const ROLLOUT: Duration = Duration::from_secs(180);
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// Creates namespace `ns` and nodes `<ns>-1..=count` labelled `baton.test/group=<ns>`.
+async fn setup(cluster: &Cluster, ns: &str, count: usize) -> (Client, Vec<String>) {
+    let client = cluster.client().await.unwrap();
+    cluster.namespace(&client, ns).await.unwrap();
+    let names: Vec<String> = (1..=count).map(|i| format!("{ns}-{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    cluster
+        .add_nodes(&client, &refs, &[("baton.test/group", ns)])
+        .await
+        .unwrap();
+    (client, names)
+}
+
+fn sims(
+    cluster: &Cluster,
+    ns: &str,
+    names: &[String],
+    method: Method,
+    extra: &[&str],
+) -> Vec<SimNode> {
+    names
+        .iter()
+        .map(|n| SimNode::new(cluster, n, ns, method, extra).unwrap())
+        .collect()
+}
+
+fn baton_annotations(node: &Node) -> BTreeMap<String, String> {
+    node.metadata
+        .annotations
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("baton.dev/") && k != "baton.dev/last-reboot")
+        .collect()
+}
+
+async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), ns)
+        .get_opt("baton")
+        .await
+        .unwrap()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+/// Waits until every node is idle (no baton annotations but history), schedulable unless
+/// `cordoned`, and the Lease is free.
+async fn wait_clean(client: &Client, ns: &str, names: &[String], cordoned: &[&str]) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_for("every node clean and the lease free", SETTLE, || async {
+        for n in names {
+            let node = nodes.get(n).await?;
+            let unsched = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false);
+            let ann = baton_annotations(&node);
+            if !ann.is_empty() || unsched != cordoned.contains(&n.as_str()) {
+                return Ok(None);
+            }
+        }
+        Ok(lease_holder(client, ns).await.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+async fn node_events(client: &Client, node: &str) -> Vec<Event> {
+    Api::<Event>::all(client.clone())
+        .list(&ListParams::default().fields(&format!("involvedObject.name={node}")))
+        .await
+        .unwrap()
+        .items
+}
+
+#[tokio::test]
+async fn one_flagged_node_goes_through_the_whole_cycle() {
+    let cluster = shared();
+    let (client, names) = setup(cluster, "cycle-one", 1).await;
+    let mut nodes = sims(cluster, "cycle-one", &names, Method::Command, &[]);
+    nodes[0].flag().unwrap();
+    nodes[0].start().unwrap();
+    nodes[0].wait_ready(SETTLE).await.unwrap();
+
+    let driven = drive(cluster, &client, &mut nodes, 1, ROLLOUT)
+        .await
+        .unwrap();
+    assert!(
+        driven.fencing_violations.is_empty(),
+        "{:?}",
+        driven.fencing_violations
+    );
+    wait_clean(&client, "cycle-one", &names, &[]).await;
+    let reboots = wait_for("baton_reboots_total to reach 1", SETTLE, || async {
+        Ok(nodes[0]
+            .metric("baton_reboots_total")
+            .await?
+            .filter(|v| *v >= 1.0))
+    })
+    .await
+    .unwrap();
+    assert_eq!(reboots, 1.0);
+    assert_eq!(nodes[0].boots(), 1);
+    let reasons: Vec<String> = node_events(&client, &names[0])
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for r in [
+        "MaintenanceStarted",
+        "Drained",
+        "Rebooting",
+        "RebootCompleted",
+    ] {
+        assert!(
+            reasons.iter().any(|x| x == r),
+            "no {r} event in {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn three_flagged_nodes_reboot_once_each_one_at_a_time() {
+    let cluster = shared();
+    let ns = "cycle-three";
+    let (client, names) = setup(cluster, ns, 3).await;
+    let rec = Recorder::new();
+    rec.nodes(&client, &format!("baton.test/group={ns}"));
+    let mut nodes = sims(cluster, ns, &names, Method::Command, &[]);
+    for n in &mut nodes {
+        n.flag().unwrap();
+        n.start().unwrap();
+    }
+    let driven = drive(cluster, &client, &mut nodes, 1, ROLLOUT)
+        .await
+        .unwrap();
+    wait_clean(&client, ns, &names, &[]).await;
+    assert!(
+        driven.fencing_violations.is_empty(),
+        "{:?}",
+        driven.fencing_violations
+    );
+    let mut order = driven.order.clone();
+    order.sort();
+    assert_eq!(order, names, "each node reboots exactly once");
+    for n in &nodes {
+        assert_eq!(n.boots(), 1, "{}", n.name);
+    }
+    rec.stop();
+    rec.with(|r| {
+        assert_eq!(
+            r.max_cordoned_by_baton, 1,
+            "at most one node cordoned by baton at once"
+        );
+        assert_eq!(r.max_in_cycle, 1, "at most one node in a cycle at once");
+    });
+}
+
+#[tokio::test]
+async fn seed_scenario_keeps_the_service_up() {
+    let cluster = shared();
+    let ns = "cycle-seed";
+    let (client, names) = setup(cluster, ns, 3).await;
+    fixtures::create_nginx(&client, ns, 2, ns, Some(json!({"minAvailable": 1})))
+        .await
+        .unwrap();
+    let rec = Recorder::new();
+    rec.nodes(&client, &format!("baton.test/group={ns}"));
+    rec.endpoints(&client, ns, "nginx");
+    wait_for("2 ready endpoints", SETTLE, || async {
+        Ok(
+            (fixtures::ready_endpoints(&fixtures::endpoint_slices(&client, ns, "nginx").await?)
+                == 2)
+                .then_some(()),
+        )
+    })
+    .await
+    .unwrap();
+
+    let mut nodes = sims(cluster, ns, &names, Method::Command, &[]);
+    for n in &mut nodes {
+        n.flag().unwrap();
+        n.start().unwrap();
+    }
+    let driven = drive(cluster, &client, &mut nodes, 1, ROLLOUT)
+        .await
+        .unwrap();
+    wait_clean(&client, ns, &names, &[]).await;
+    fixtures::wait_ready_pods(&client, ns, "app=nginx", 2)
+        .await
+        .unwrap();
+    rec.stop();
+    assert!(
+        driven.fencing_violations.is_empty(),
+        "{:?}",
+        driven.fencing_violations
+    );
+    rec.with(|r| {
+        assert!(
+            r.endpoint_changes > 1,
+            "the rollout moved pods: {} changes",
+            r.endpoint_changes
+        );
+        assert!(
+            r.min_ready_endpoints.is_some_and(|m| m >= 1),
+            "the Service lost all ready endpoints: min {:?}",
+            r.min_ready_endpoints
+        );
+        assert_eq!(r.max_cordoned_by_baton, 1);
+    });
+}
+
+#[tokio::test]
+async fn killed_agents_resume_to_a_correct_finish() {
+    let cluster = shared();
+    let ns = "cycle-kill";
+    let (client, names) = setup(cluster, ns, 2).await;
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    // Node 2 was cordoned by hand before the cycle: it must stay cordoned.
+    nodes_api
+        .patch(
+            &names[1],
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
+    // A PDB that forbids any eviction keeps node 1's drain going until it is relaxed.
+    fixtures::create_nginx(&client, ns, 1, ns, Some(json!({"maxUnavailable": 0})))
+        .await
+        .unwrap();
+    let pod_node = fixtures::wait_ready_pods(&client, ns, "app=nginx", 1)
+        .await
+        .unwrap()[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap();
+    assert_eq!(pod_node, names[0], "the only schedulable node gets the pod");
+
+    let mut nodes = sims(cluster, ns, &names, Method::Command, &[]);
+    nodes[0].flag().unwrap();
+    nodes[0].start().unwrap();
+    wait_for("node 1 to be draining", SETTLE, || async {
+        let n = nodes_api.get(&names[0]).await?;
+        Ok(baton_annotations(&n)
+            .get("baton.dev/phase")
+            .is_some_and(|p| p == "draining")
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    // SIGKILL mid-drain, then let the drain succeed and restart.
+    nodes[0].kill();
+    assert_eq!(
+        lease_holder(&client, ns).await.as_deref(),
+        Some(names[0].as_str())
+    );
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+        .patch(
+            "nginx",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maxUnavailable": 1}})),
+        )
+        .await
+        .unwrap();
+    nodes[0].start().unwrap();
+    // SIGKILL after the reboot was triggered but before it happened: same boot ID on restart.
+    nodes[0].wait_triggered(ROLLOUT).await.unwrap();
+    nodes[0].kill();
+    std::fs::remove_file(nodes[0].dir().join("reboot-triggered")).unwrap();
+    nodes[0].start().unwrap();
+    nodes[0].wait_triggered(ROLLOUT).await.unwrap();
+    let holder = nodes[0].reboot(cluster, &client).await.unwrap();
+    assert_eq!(holder.as_deref(), Some(names[0].as_str()));
+    wait_clean(&client, ns, &names[..1], &[]).await;
+    assert_eq!(nodes[0].boots(), 1);
+
+    // Node 2, cordoned by hand: full cycle, and it stays cordoned.
+    nodes[1].flag().unwrap();
+    nodes[1].start().unwrap();
+    drive(cluster, &client, &mut nodes[1..], 1, ROLLOUT)
+        .await
+        .unwrap();
+    wait_clean(&client, ns, &names, &[names[1].as_str()]).await;
+    let node2 = nodes_api.get(&names[1]).await.unwrap();
+    assert_eq!(node2.spec.and_then(|s| s.unschedulable), Some(true));
+}
+
+#[tokio::test]
+async fn a_pdb_that_never_allows_eviction_times_the_drain_out_without_a_reboot() {
+    let cluster = shared();
+    let ns = "cycle-pdb";
+    let (client, names) = setup(cluster, ns, 1).await;
+    fixtures::create_nginx(&client, ns, 1, ns, Some(json!({"maxUnavailable": 0})))
+        .await
+        .unwrap();
+    let mut nodes = sims(
+        cluster,
+        ns,
+        &names,
+        Method::Command,
+        &["--drain-timeout=4s", "--drain-failure-backoff=1h"],
+    );
+    nodes[0].flag().unwrap();
+    nodes[0].start().unwrap();
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let warning = wait_for("a DrainFailed warning event", SETTLE, || async {
+        Ok(node_events(&client, &names[0])
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("DrainFailed")))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", nodes[0].log()));
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    wait_for("the lease to be released", SETTLE, || async {
+        Ok(lease_holder(&client, ns).await.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+    let node = nodes_api.get(&names[0]).await.unwrap();
+    assert_ne!(
+        node.spec.as_ref().and_then(|s| s.unschedulable),
+        Some(true),
+        "uncordoned"
+    );
+    let ann = baton_annotations(&node);
+    assert!(ann.contains_key("baton.dev/backoff-until"), "{ann:?}");
+    assert!(!ann.contains_key("baton.dev/phase"), "{ann:?}");
+    assert_eq!(nodes[0].triggers(), 0, "no reboot after a failed drain");
+    assert_eq!(
+        nodes[0]
+            .metric("baton_reboot_triggers_total")
+            .await
+            .unwrap(),
+        Some(0.0)
+    );
+    assert_eq!(
+        nodes[0]
+            .metric("baton_cycles_aborted_total{reason=\"drain_failed\"}")
+            .await
+            .unwrap(),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_sentinel_command_that_cannot_check_never_reboots() {
+    let cluster = shared();
+    let ns = "cycle-sentinel";
+    let (client, names) = setup(cluster, ns, 2).await;
+    let mut nodes = vec![
+        SimNode::new(
+            cluster,
+            &names[0],
+            ns,
+            Method::Command,
+            &["--reboot-sentinel-command=/nonexistent/check-reboot"],
+        )
+        .unwrap(),
+        SimNode::new(
+            cluster,
+            &names[1],
+            ns,
+            Method::Command,
+            &["--reboot-sentinel-command=/bin/sh -c 'exit 2'"],
+        )
+        .unwrap(),
+    ];
+    for n in &mut nodes {
+        n.flag().unwrap(); // the file is ignored when a command is set
+        n.start().unwrap();
+    }
+    for n in &nodes {
+        n.wait_ready(SETTLE).await.unwrap();
+        let failures = wait_for("two failed flag checks", SETTLE, || async {
+            Ok(
+                n.metric("baton_flag_check_failures_total{source=\"command\"}")
+                    .await?
+                    .filter(|v| *v >= 2.0),
+            )
+        })
+        .await
+        .unwrap();
+        assert!(failures >= 2.0);
+        assert_eq!(n.http_get("/healthz").await.unwrap().0, 200);
+        assert_eq!(n.metric("baton_reboot_required").await.unwrap(), Some(0.0));
+        assert_eq!(n.triggers(), 0);
+    }
+    assert_eq!(
+        lease_holder(&client, ns).await,
+        None,
+        "nobody took the lease"
+    );
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    for n in &names {
+        assert!(baton_annotations(&nodes_api.get(n).await.unwrap()).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn the_signal_method_sends_39_to_the_host_init() {
+    let cluster = shared();
+    let ns = "cycle-signal";
+    let (client, names) = setup(cluster, ns, 1).await;
+    let mut nodes = sims(cluster, ns, &names, Method::Signal, &[]);
+    nodes[0].flag().unwrap();
+    nodes[0].start().unwrap();
+    let driven = drive(cluster, &client, &mut nodes, 1, ROLLOUT)
+        .await
+        .unwrap();
+    assert!(driven.fencing_violations.is_empty());
+    wait_clean(&client, ns, &names, &[]).await;
+}
+
+#[test]
+fn bad_flags_exit_non_zero_with_one_clear_line() {
+    let bin = baton_tests::agent::baton_bin().unwrap();
+    for (args, env, needle) in [
+        (
+            vec!["agent", "--node-name=n1", "--reboot-method=kexec"],
+            None,
+            "--reboot-method",
+        ),
+        (
+            vec!["agent", "--node-name=n1", "--lock-ttl=-10m"],
+            None,
+            "--lock-ttl",
+        ),
+        (vec!["agent"], None, "--node-name"),
+        (
+            vec!["agent", "--node-name=n1"],
+            Some(("BATON_LOCK_TTL", "soon")),
+            "--lock-ttl",
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(&args).env_remove("BATON_NODE_NAME");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
