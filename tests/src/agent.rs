@@ -232,12 +232,23 @@ impl SimNode {
     /// host went down (it must be this node), then takes the node down and up with a new boot
     /// ID and an empty sentinel folder, and restarts the agent.
     pub async fn reboot(&mut self, cluster: &Cluster, client: &Client) -> Result<Option<String>> {
+        self.reboot_with(cluster, client, |_, _| {}).await
+    }
+
+    /// [`SimNode::reboot`], calling `on_down(node, holder)` as the host goes down.
+    pub async fn reboot_with(
+        &mut self,
+        cluster: &Cluster,
+        client: &Client,
+        mut on_down: impl FnMut(&str, Option<&str>),
+    ) -> Result<Option<String>> {
         let leases: Api<Lease> = Api::namespaced(client.clone(), &self.lock_namespace);
         let holder = leases
             .get_opt("baton")
             .await?
             .and_then(|l| l.spec)
             .and_then(|s| s.holder_identity);
+        on_down(&self.name, holder.as_deref());
         self.stop().await?;
         cluster.node_down(client, &self.name).await?;
         self.boots += 1;

@@ -238,6 +238,11 @@ impl Recorder {
         })
     }
 
+    /// The changes recorded from index `from` on.
+    pub fn since(&self, from: usize) -> Vec<Seen> {
+        self.with(|r| r.log.get(from..).map(<[Seen]>::to_vec).unwrap_or_default())
+    }
+
     /// Stops every watch.
     pub fn stop(&self) {
         for t in self.tasks.lock().unwrap().drain(..) {

@@ -31,12 +31,24 @@ pub async fn drive(
     boots: u32,
     timeout: Duration,
 ) -> Result<Driven> {
+    drive_with(cluster, client, nodes, boots, timeout, |_, _| {}).await
+}
+
+/// [`drive`], calling `on_reboot(node, lease holder)` as each simulated reboot begins.
+pub async fn drive_with(
+    cluster: &Cluster,
+    client: &Client,
+    nodes: &mut [SimNode],
+    boots: u32,
+    timeout: Duration,
+    mut on_reboot: impl FnMut(&str, Option<&str>),
+) -> Result<Driven> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut driven = Driven::default();
     loop {
         for n in nodes.iter_mut() {
             if n.triggers() > 0 {
-                let holder = n.reboot(cluster, client).await?;
+                let holder = n.reboot_with(cluster, client, &mut on_reboot).await?;
                 if holder.as_deref() != Some(n.name.as_str()) {
                     driven.fencing_violations.push(format!(
                         "{} rebooted while the lease holder was {holder:?}",

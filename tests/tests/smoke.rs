@@ -191,10 +191,14 @@ async fn pdb_is_enforced_by_the_eviction_api() {
         live.iter()
             .all(|p| p.metadata.name.as_deref() != Some(&names[0]))
     );
-    wait_for("the Deployment to report 2 ready replicas", TIMEOUT, || async {
-        let status = deployments.get("nginx").await?.status.unwrap_or_default();
-        Ok((status.ready_replicas == Some(2)).then_some(()))
-    })
+    wait_for(
+        "the Deployment to report 2 ready replicas",
+        TIMEOUT,
+        || async {
+            let status = deployments.get("nginx").await?.status.unwrap_or_default();
+            Ok((status.ready_replicas == Some(2)).then_some(()))
+        },
+    )
     .await
     .unwrap();
 }

@@ -1,0 +1,212 @@
+//! The local demo: a real control plane with kwok nodes, the seed scenario (2 nginx pods, a
+//! Service, a PodDisruptionBudget), every node flagged for a reboot, and one real baton agent
+//! per node. Prints a live timeline and a summary; exits 0 only if the rollout was clean.
+//!
+//! `cargo run -p baton-tests --bin baton-demo -- --nodes 3` (tests/demo.sh builds what it needs).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use baton_tests::agent::{Method, SimNode};
+use baton_tests::observe::{Change, Recorder, p50_max};
+use baton_tests::rollout::drive_with;
+use baton_tests::{Cluster, fixtures, wait_for};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use serde_json::json;
+use tokio::time::Instant;
+
+/// The whole rollout must finish in this time (about 10 s per node here).
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
+const NS: &str = "demo";
+
+fn parse_nodes() -> Result<usize> {
+    let mut args = std::env::args().skip(1);
+    let mut nodes = 3;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--nodes" => {
+                nodes = args
+                    .next()
+                    .context("--nodes needs a number")?
+                    .parse()
+                    .context("--nodes: expected a whole number")?;
+            }
+            other => bail!("unknown argument {other:?} (usage: baton-demo [--nodes N])"),
+        }
+    }
+    if !(2..=20).contains(&nodes) {
+        bail!("--nodes must be between 2 and 20 (the seed's 2 nginx pods need 2 nodes)");
+    }
+    Ok(nodes)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let count = parse_nodes()?;
+    let t0 = Instant::now();
+    let stamp = move || format!("[{:>7.2}s]", t0.elapsed().as_secs_f64());
+    println!(
+        "{} starting a local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)",
+        stamp()
+    );
+    let cluster = Cluster::start().await?;
+    let client = cluster.client().await?;
+    let names: Vec<String> = (1..=count).map(|i| format!("node-{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    cluster
+        .add_nodes(&client, &refs, &[("baton.test/group", NS)])
+        .await?;
+    cluster.namespace(&client, NS).await?;
+    fixtures::create_nginx(&client, NS, 2, NS, Some(json!({"minAvailable": 1}))).await?;
+    wait_for("2 ready endpoints", Duration::from_secs(60), || async {
+        Ok(
+            (fixtures::ready_endpoints(&fixtures::endpoint_slices(&client, NS, "nginx").await?)
+                == 2)
+                .then_some(()),
+        )
+    })
+    .await?;
+    println!(
+        "{} {count} nodes Ready; nginx: 2 pods, Service with 2 ready endpoints, PDB minAvailable=1",
+        stamp()
+    );
+
+    let rec = Recorder::new();
+    rec.nodes(&client, &format!("baton.test/group={NS}"));
+    rec.lease(&client, NS, "baton");
+    rec.endpoints(&client, NS, "nginx");
+    let printer = {
+        let rec = rec.clone();
+        tokio::spawn(async move {
+            let mut seen = 0;
+            loop {
+                for s in rec.since(seen) {
+                    seen += 1;
+                    let at = format!("[{:>7.2}s]", s.at.duration_since(t0).as_secs_f64());
+                    let line = match s.what {
+                        Change::Holder(Some(h)) => format!("baton (Lease) taken by {h}"),
+                        Change::Holder(None) => "baton (Lease) released".to_owned(),
+                        Change::Phase(n, Some(p)) => format!("{n}: phase {p}"),
+                        Change::Phase(n, None) => format!("{n}: phase idle"),
+                        Change::Cordon(n, true) => format!("{n}: cordoned"),
+                        Change::Cordon(n, false) => format!("{n}: uncordoned"),
+                        Change::Ready(n, r) => {
+                            format!("{n}: {}", if r { "Ready" } else { "NotReady" })
+                        }
+                        Change::Endpoints(e) => format!("service nginx: {e} ready endpoint(s)"),
+                    };
+                    println!("{at} {line}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let mut nodes: Vec<SimNode> = names
+        .iter()
+        .map(|n| SimNode::new(&cluster, n, NS, Method::Command, &[]))
+        .collect::<Result<_>>()?;
+    for n in &mut nodes {
+        n.flag()?;
+        n.start()?;
+    }
+    println!(
+        "{} flagged every node (/var/run/reboot-required) and started {count} baton agents",
+        stamp()
+    );
+    let rollout_start = Instant::now();
+    let driven = drive_with(
+        &cluster,
+        &client,
+        &mut nodes,
+        1,
+        ROLLOUT_TIMEOUT,
+        |node, holder| {
+            println!(
+                "{} {node}: host rebooting (simulated; lease holder at that instant: {})",
+                stamp(),
+                holder.unwrap_or("nobody")
+            );
+        },
+    )
+    .await?;
+    // Wait for the last node to finish: uncordoned and the lease free.
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    wait_for(
+        "the last node to finish",
+        Duration::from_secs(60),
+        || async {
+            for n in &names {
+                let node = nodes_api.get(n).await?;
+                let busy = node
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key("baton.dev/phase"));
+                let cordoned = node
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.unschedulable)
+                    .unwrap_or(false);
+                if busy || cordoned {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await?;
+    let total = rollout_start.elapsed();
+    fixtures::wait_ready_pods(&client, NS, "app=nginx", 2).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the printer catch up
+    printer.abort();
+    rec.stop();
+
+    let handoffs = rec.handoffs();
+    let (min_ep, max_cycle) = rec.with(|r| (r.min_ready_endpoints, r.max_in_cycle));
+    println!();
+    println!("=== summary");
+    println!(
+        "nodes rebooted:          {} of {count} ({})",
+        driven.order.len(),
+        driven.order.join(", ")
+    );
+    println!("rollout time:            {}", secs(total));
+    match p50_max(handoffs.clone()) {
+        Some((p50, max)) => println!(
+            "lock hand-off latency:   p50 {}, max {} over {} hand-offs (release -> next node draining)",
+            secs(p50),
+            secs(max),
+            handoffs.len()
+        ),
+        None => println!("lock hand-off latency:   no hand-offs observed"),
+    }
+    println!(
+        "min ready endpoints:     {}",
+        min_ep.map_or("n/a".to_owned(), |m| m.to_string())
+    );
+    println!("max nodes in a cycle:    {max_cycle}");
+    println!(
+        "fencing violations:      {}",
+        driven.fencing_violations.len()
+    );
+    let clean = driven.order.len() == count
+        && driven.fencing_violations.is_empty()
+        && min_ep.is_some_and(|m| m >= 1)
+        && max_cycle <= 1;
+    println!(
+        "result:                  {}",
+        if clean { "CLEAN" } else { "NOT CLEAN" }
+    );
+    drop(nodes);
+    drop(cluster);
+    if !clean {
+        std::process::exit(1);
+    }
+    Ok(())
+}
