@@ -91,9 +91,19 @@ pub async fn run(
         )
     })?;
 
-    let config = kube::Config::infer()
+    let mut config = kube::Config::infer()
         .await
         .context("cannot find Kubernetes credentials (in-cluster or KUBECONFIG)")?;
+    // Audit logs and API server metrics then say which node's agent made each request.
+    let agent_name = format!(
+        "baton/{} (node {})",
+        env!("CARGO_PKG_VERSION"),
+        args.node_name
+    );
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&agent_name).context("building the User-Agent header")?,
+    ));
     // Requests get a timeout; watches stay open for minutes, so they use a client without one.
     // Neither retries 429s by itself: a refused eviction must reach the drain logic.
     let mut request_config = config.clone();
@@ -172,13 +182,24 @@ pub async fn run(
         shutdown,
         args,
     };
-    tokio::select! {
-        res = agent.run_loop() => res,
-        Some(done) = tasks.join_next() => match done {
-            Ok((name, Ok(()))) => Err(anyhow!("task {name} ended unexpectedly")),
-            Ok((name, Err(e))) => Err(e.context(format!("task {name} failed"))),
-            Err(e) => Err(anyhow!("a background task panicked: {e}")),
-        },
+    let stopping = agent.shutdown.clone();
+    let agent_loop = agent.run_loop();
+    tokio::pin!(agent_loop);
+    loop {
+        tokio::select! {
+            res = &mut agent_loop => return res,
+            Some(done) = tasks.join_next() => {
+                // While stopping, the server ends by design; the agent loop decides when to exit.
+                if stopping.requested() {
+                    continue;
+                }
+                return match done {
+                    Ok((name, Ok(()))) => Err(anyhow!("task {name} ended unexpectedly")),
+                    Ok((name, Err(e))) => Err(e.context(format!("task {name} failed"))),
+                    Err(e) => Err(anyhow!("a background task panicked: {e}")),
+                };
+            }
+        }
     }
 }
 
@@ -525,10 +546,7 @@ impl Agent {
                     unschedulable: cordon.then_some(true),
                     resource_version: node.metadata.resource_version.clone(),
                 };
-                let written = node::apply(&self.nodes, &name, &update)
-                    .await
-                    .context("cordoning the node")?;
-                self.node.offer(Seen::Present(Box::new(written)));
+                self.write(update, "cordoning the node").await?;
                 let reason = match flag {
                     Flag::Required(r) => r.clone(),
                     _ => String::new(),
@@ -560,10 +578,7 @@ impl Agent {
                     unschedulable: uncordon.then_some(false),
                     resource_version: None,
                 };
-                let written = node::apply(&self.nodes, &name, &update)
-                    .await
-                    .context("uncordoning the node")?;
-                self.node.offer(Seen::Present(Box::new(written)));
+                self.write(update, "uncordoning the node").await?;
                 self.triggered_at = None;
                 self.metrics.reboots.inc();
                 let took = phase_age(node);
@@ -595,16 +610,35 @@ impl Agent {
                     consecutive_reboots: 0,
                     ..state.clone()
                 };
-                let update = Update {
-                    annotations: node::state_annotations(&next, SystemTime::now()),
-                    unschedulable: None,
-                    resource_version: None,
-                };
-                let written = node::apply(&self.nodes, &name, &update).await?;
-                self.node.offer(Seen::Present(Box::new(written)));
+                self.write_state(&next, None, "resetting the reboot history")
+                    .await?;
                 Ok(Progress::Again)
             }
         }
+    }
+
+    /// Writes `update` to this Node and keeps the result as the newest Node seen.
+    async fn write(&mut self, update: Update, what: &'static str) -> anyhow::Result<()> {
+        let written = node::apply(&self.nodes, &self.args.node_name, &update)
+            .await
+            .context(what)?;
+        self.node.offer(Seen::Present(Box::new(written)));
+        Ok(())
+    }
+
+    /// Records `next` on the Node, with a cordon change if `unschedulable` is set.
+    async fn write_state(
+        &mut self,
+        next: &NodeState,
+        unschedulable: Option<bool>,
+        what: &'static str,
+    ) -> anyhow::Result<()> {
+        let update = Update {
+            annotations: node::state_annotations(next, SystemTime::now()),
+            unschedulable,
+            resource_version: None,
+        };
+        self.write(update, what).await
     }
 
     async fn release(&mut self) -> anyhow::Result<()> {
@@ -671,15 +705,8 @@ impl Agent {
                     reboot_attempts: 0,
                     ..state.clone()
                 };
-                let update = Update {
-                    annotations: node::state_annotations(&next, SystemTime::now()),
-                    unschedulable: None,
-                    resource_version: None,
-                };
-                let written = node::apply(&self.nodes, &self.args.node_name, &update)
-                    .await
-                    .context("recording the boot ID before the reboot")?;
-                self.node.offer(Seen::Present(Box::new(written)));
+                self.write_state(&next, None, "recording the boot ID before the reboot")
+                    .await?;
                 Ok(Progress::Again)
             }
             Step::Abort { uncordon, reason } => {
@@ -713,15 +740,8 @@ impl Agent {
             reboot_attempts: state.reboot_attempts + 1,
             ..state.clone()
         };
-        let update = Update {
-            annotations: node::state_annotations(&next, SystemTime::now()),
-            unschedulable: None,
-            resource_version: None,
-        };
-        let written = node::apply(&self.nodes, &self.args.node_name, &update)
-            .await
-            .context("recording the reboot attempt")?;
-        self.node.offer(Seen::Present(Box::new(written)));
+        self.write_state(&next, None, "recording the reboot attempt")
+            .await?;
         let events = self.events(node);
         if self.args.reboot_method != crate::config::RebootMethod::None {
             events
@@ -793,15 +813,8 @@ impl Agent {
             AbortReason::DryRun => next.dry_run_boot_id = Some(boot_id.to_owned()),
             AbortReason::FlagCleared | AbortReason::LeaseLost => {}
         }
-        let update = Update {
-            annotations: node::state_annotations(&next, now),
-            unschedulable: uncordon.then_some(false),
-            resource_version: None,
-        };
-        let written = node::apply(&self.nodes, &self.args.node_name, &update)
-            .await
-            .context("uncordoning the node")?;
-        self.node.offer(Seen::Present(Box::new(written)));
+        self.write_state(&next, uncordon.then_some(false), "uncordoning the node")
+            .await?;
         self.triggered_at = None;
         self.metrics
             .aborts

@@ -121,8 +121,8 @@ pub struct AgentArgs {
           value_parser = clap::value_parser!(i32).range(1..=64))]
     pub reboot_signal: i32,
 
-    /// How many times a reboot may be triggered without the boot ID changing before baton
-    /// gives up on this node (no reboot loops).
+    /// No reboot loops: how many reboot triggers may leave the boot ID unchanged, and how many
+    /// completed reboots may leave the flag set, before baton stops and waits for a human.
     #[arg(long, env = "BATON_MAX_REBOOT_ATTEMPTS", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_reboot_attempts: u32,

@@ -195,8 +195,14 @@ impl SimNode {
     pub async fn stop(&mut self) -> Result<()> {
         if let Some(mut p) = self.agent.take() {
             p.signal(Signal::SIGTERM)?;
-            let waited = tokio::task::spawn_blocking(move || p.wait()).await??;
-            let _ = waited;
+            let status = tokio::task::spawn_blocking(move || p.wait()).await??;
+            if !status.success() {
+                bail!(
+                    "the agent of {} exited with {status} on SIGTERM:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
         }
         Ok(())
     }
@@ -206,6 +212,11 @@ impl SimNode {
         if let Some(mut p) = self.agent.take() {
             p.kill();
         }
+    }
+
+    /// The agent's PID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Process::pid)
     }
 
     /// The agent's log so far.

@@ -176,9 +176,34 @@ fn sweep_stale_dirs(root: &Path) {
 /// The prefix of every cluster directory.
 const DIR_PREFIX: &str = "baton-cluster-";
 
+/// Optional features of a control plane.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Write an audit log (`audit.log`, JSON lines, metadata level) of every API request.
+    pub audit: bool,
+}
+
+/// The audit policy: every request at metadata level, once it completes.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+";
+
 impl Cluster {
     /// Starts a control plane and waits until it serves and its controllers run.
     pub async fn start() -> Result<Self> {
+        Self::start_with(Options::default()).await
+    }
+
+    /// The audit log's path (written when started with [`Options::audit`]).
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
+    /// [`Cluster::start`] with options.
+    pub async fn start_with(options: Options) -> Result<Self> {
         let assets = crate::assets::dir()?;
         let root = tmp_root();
         sweep_stale_dirs(&root);
@@ -241,9 +266,19 @@ impl Cluster {
             })
             .await?;
 
+        let mut apiserver = Command::new(bin("kube-apiserver"));
+        if options.audit {
+            let policy = dir.join("audit-policy.yaml");
+            std::fs::write(&policy, AUDIT_POLICY)?;
+            apiserver.args([
+                format!("--audit-policy-file={}", policy.display()),
+                format!("--audit-log-path={}", dir.join("audit.log").display()),
+                "--audit-log-mode=blocking".to_owned(),
+            ]);
+        }
         cluster.spawn(
             "kube-apiserver",
-            Command::new(bin("kube-apiserver")).args([
+            apiserver.args([
                 &format!("--etcd-servers={etcd_url}"),
                 "--bind-address=127.0.0.1",
                 &format!("--secure-port={api_port}"),

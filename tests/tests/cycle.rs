@@ -45,6 +45,14 @@ fn sims(
         .collect()
 }
 
+/// Flags every node for a reboot and starts its agent.
+fn flag_and_start(nodes: &mut [SimNode]) {
+    for n in nodes {
+        n.flag().unwrap();
+        n.start().unwrap();
+    }
+}
+
 fn baton_annotations(node: &Node) -> BTreeMap<String, String> {
     node.metadata
         .annotations
@@ -150,10 +158,7 @@ async fn three_flagged_nodes_reboot_once_each_one_at_a_time() {
     let rec = Recorder::new();
     rec.nodes(&client, &format!("baton.test/group={ns}"));
     let mut nodes = sims(cluster, ns, &names, Method::Command, &[]);
-    for n in &mut nodes {
-        n.flag().unwrap();
-        n.start().unwrap();
-    }
+    flag_and_start(&mut nodes);
     let driven = drive(cluster, &client, &mut nodes, 1, ROLLOUT)
         .await
         .unwrap();
@@ -201,10 +206,7 @@ async fn seed_scenario_keeps_the_service_up() {
     .unwrap();
 
     let mut nodes = sims(cluster, ns, &names, Method::Command, &[]);
-    for n in &mut nodes {
-        n.flag().unwrap();
-        n.start().unwrap();
-    }
+    flag_and_start(&mut nodes);
     let driven = drive(cluster, &client, &mut nodes, 1, ROLLOUT)
         .await
         .unwrap();
@@ -391,10 +393,7 @@ async fn a_sentinel_command_that_cannot_check_never_reboots() {
         )
         .unwrap(),
     ];
-    for n in &mut nodes {
-        n.flag().unwrap(); // the file is ignored when a command is set
-        n.start().unwrap();
-    }
+    flag_and_start(&mut nodes);
     for n in &nodes {
         n.wait_ready(SETTLE).await.unwrap();
         let failures = wait_for("two failed flag checks", SETTLE, || async {
