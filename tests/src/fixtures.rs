@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -40,6 +40,23 @@ pub fn nginx_deployment(name: &str, replicas: i32, group: &str) -> Result<Deploy
                         "image": "nginx:1.27",
                         "ports": [{"containerPort": 80}],
                     }],
+                },
+            },
+        },
+    }))?)
+}
+
+/// A DaemonSet labelled `app: <name>` on the nodes labelled `baton.test/group: <group>`.
+pub fn daemonset(name: &str, group: &str) -> Result<DaemonSet> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "nodeSelector": {"baton.test/group": group},
+                    "containers": [{"name": "agent", "image": "busybox:1.36"}],
                 },
             },
         },

@@ -9,11 +9,12 @@ use baton_tests::agent::{Method, SimNode};
 use baton_tests::observe::Recorder;
 use baton_tests::rollout::drive;
 use baton_tests::{Cluster, fixtures, shared, wait_for};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 const ROLLOUT: Duration = Duration::from_secs(180);
@@ -108,6 +109,23 @@ async fn node_events(client: &Client, node: &str) -> Vec<Event> {
 async fn one_flagged_node_goes_through_the_whole_cycle() {
     let cluster = shared();
     let (client, names) = setup(cluster, "cycle-one", 1).await;
+    // A Deployment pod (evicted) and a DaemonSet pod (left alone) on the node.
+    fixtures::create_nginx(&client, "cycle-one", 1, "cycle-one", None)
+        .await
+        .unwrap();
+    Api::<DaemonSet>::namespaced(client.clone(), "cycle-one")
+        .create(
+            &PostParams::default(),
+            &fixtures::daemonset("ds", "cycle-one").unwrap(),
+        )
+        .await
+        .unwrap();
+    let ds_before = fixtures::wait_ready_pods(&client, "cycle-one", "app=ds", 1)
+        .await
+        .unwrap();
+    let nginx_before = fixtures::wait_ready_pods(&client, "cycle-one", "app=nginx", 1)
+        .await
+        .unwrap();
     let mut nodes = sims(cluster, "cycle-one", &names, Method::Command, &[]);
     nodes[0].flag().unwrap();
     nodes[0].start().unwrap();
@@ -132,6 +150,20 @@ async fn one_flagged_node_goes_through_the_whole_cycle() {
     .unwrap();
     assert_eq!(reboots, 1.0);
     assert_eq!(nodes[0].boots(), 1);
+    let ds_after = fixtures::wait_ready_pods(&client, "cycle-one", "app=ds", 1)
+        .await
+        .unwrap();
+    let nginx_after = fixtures::wait_ready_pods(&client, "cycle-one", "app=nginx", 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        ds_after[0].metadata.uid, ds_before[0].metadata.uid,
+        "DaemonSet pod not evicted"
+    );
+    assert_ne!(
+        nginx_after[0].metadata.uid, nginx_before[0].metadata.uid,
+        "nginx pod evicted"
+    );
     let reasons: Vec<String> = node_events(&client, &names[0])
         .await
         .into_iter()
@@ -434,6 +466,168 @@ async fn the_signal_method_sends_39_to_the_host_init() {
         .unwrap();
     assert!(driven.fencing_violations.is_empty());
     wait_clean(&client, ns, &names, &[]).await;
+}
+
+/// Writes the Lease as held by `holder`, renewed now, for `seconds`.
+async fn set_lease(client: &Client, ns: &str, holder: &str, seconds: i32) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    let spec = json!({"holderIdentity": holder, "leaseDurationSeconds": seconds, "renewTime": now});
+    match leases.get_opt("baton").await.unwrap() {
+        Some(_) => {
+            leases
+                .patch(
+                    "baton",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": spec})),
+                )
+                .await
+                .unwrap();
+        }
+        None => {
+            let lease: Lease =
+                serde_json::from_value(json!({"metadata": {"name": "baton"}, "spec": spec}))
+                    .unwrap();
+            leases.create(&PostParams::default(), &lease).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_holder_that_stopped_renewing_loses_the_lease_after_its_ttl() {
+    let cluster = shared();
+    let ns = "cycle-ttl";
+    let (client, names) = setup(cluster, ns, 1).await;
+    // A holder whose node died: it will never renew or release.
+    set_lease(&client, ns, "ghost-node", 6).await;
+    let rec = Recorder::new();
+    rec.lease(&client, ns, "baton");
+    let mut nodes = sims(cluster, ns, &names, Method::Command, &[]);
+    flag_and_start(&mut nodes);
+    nodes[0].wait_ready(SETTLE).await.unwrap();
+    // Ready means the lease was seen; its 6 s have not passed on the agent's clock yet.
+    assert_eq!(
+        lease_holder(&client, ns).await.as_deref(),
+        Some("ghost-node")
+    );
+    let driven = drive(cluster, &client, &mut nodes, 1, ROLLOUT)
+        .await
+        .unwrap();
+    assert!(
+        driven.fencing_violations.is_empty(),
+        "{:?}",
+        driven.fencing_violations
+    );
+    wait_clean(&client, ns, &names, &[]).await;
+    rec.stop();
+    let holders: Vec<_> = rec.with(|r| {
+        r.log
+            .iter()
+            .filter_map(|s| match &s.what {
+                baton_tests::observe::Change::Holder(h) => Some(h.clone()),
+                _ => None,
+            })
+            .collect()
+    });
+    assert_eq!(
+        holders,
+        [Some("ghost-node".to_owned()), Some(names[0].clone()), None],
+        "taken over from the silent holder, then released"
+    );
+}
+
+#[tokio::test]
+async fn a_node_whose_lease_was_taken_while_it_rebooted_still_finishes() {
+    let cluster = shared();
+    let ns = "cycle-taken";
+    let (client, names) = setup(cluster, ns, 1).await;
+    let mut nodes = sims(cluster, ns, &names, Method::Command, &[]);
+    flag_and_start(&mut nodes);
+    nodes[0].wait_triggered(ROLLOUT).await.unwrap();
+    // While the host is down, another node takes over the (expired) lease.
+    set_lease(&client, ns, "intruder", 1800).await;
+    nodes[0].reboot(cluster, &client).await.unwrap();
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    wait_for("the node to finish without the lease", SETTLE, || async {
+        let node = nodes_api.get(&names[0]).await?;
+        let unsched = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
+        Ok((!unsched && baton_annotations(&node).is_empty()).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        lease_holder(&client, ns).await.as_deref(),
+        Some("intruder"),
+        "not released: not ours"
+    );
+    let reboots = wait_for("baton_reboots_total to reach 1", SETTLE, || async {
+        Ok(nodes[0]
+            .metric("baton_reboots_total")
+            .await?
+            .filter(|v| *v >= 1.0))
+    })
+    .await
+    .unwrap();
+    assert_eq!(reboots, 1.0);
+}
+
+#[tokio::test]
+async fn a_dry_run_drains_and_uncordons_without_rebooting_once_per_boot() {
+    let cluster = shared();
+    let ns = "cycle-dry";
+    let (client, names) = setup(cluster, ns, 1).await;
+    let mut nodes = sims(
+        cluster,
+        ns,
+        &names,
+        Method::Command,
+        &["--reboot-method=none"],
+    );
+    flag_and_start(&mut nodes);
+    let event = wait_for("a DryRun event", SETTLE, || async {
+        Ok(node_events(&client, &names[0])
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("DryRun")))
+    })
+    .await
+    .unwrap();
+    assert_eq!(event.type_.as_deref(), Some("Normal"));
+    // It says it will not repeat the dry run during this boot, and holds nothing meanwhile.
+    wait_for("the agent to settle after the dry run", SETTLE, || async {
+        Ok(nodes[0]
+            .log()
+            .contains("dry run already done for this boot")
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    let node = Api::<Node>::all(client.clone())
+        .get(&names[0])
+        .await
+        .unwrap();
+    let ann = baton_annotations(&node);
+    assert_eq!(
+        ann.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["baton.dev/dry-run-boot-id"],
+        "{ann:?}"
+    );
+    assert_ne!(node.spec.and_then(|s| s.unschedulable), Some(true));
+    assert_eq!(lease_holder(&client, ns).await, None);
+    assert_eq!(nodes[0].triggers(), 0);
+    assert_eq!(
+        nodes[0]
+            .metric("baton_cycles_aborted_total{reason=\"dry_run\"}")
+            .await
+            .unwrap(),
+        Some(1.0)
+    );
 }
 
 #[test]
