@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, anyhow};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::AgentArgs;
+use crate::drain::{Drainer, Progress as DrainProgress};
 use crate::flag::{self, Flag, Source};
 use crate::host::{Host, read_boot_id};
 use crate::lease::{LeaseClient, LeaseError, LeaseView, Observer, Record};
@@ -160,7 +161,12 @@ pub async fn run(
     let mut agent = Agent {
         host: Host::new(args.host_pid),
         nodes: Api::all(client.clone()),
-        pods: Api::all(client.clone()),
+        drainer: Drainer::new(
+            client.clone(),
+            &args.node_name,
+            args.drain.options(),
+            metrics.clone(),
+        ),
         client,
         lease: lease_client,
         metrics,
@@ -273,6 +279,41 @@ async fn renew_loop(
     }
 }
 
+/// How often drain progress is written to the Node at most: visible within seconds, without a
+/// write per eviction.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Writes drain progress (pods pending, last error) to the Node's annotations as it changes,
+/// at most every [`PROGRESS_EVERY`]; returns when the drain drops its sender.
+async fn report_progress(nodes: &Api<Node>, name: &str, mut rx: watch::Receiver<DrainProgress>) {
+    let mut written: Option<DrainProgress> = None;
+    loop {
+        let now = rx.borrow_and_update().clone();
+        if written.as_ref() != Some(&now) {
+            let mut update = Update::default();
+            update
+                .annotations
+                .insert(node::DRAIN_PENDING.into(), now.pending.to_string().into());
+            update.annotations.insert(
+                node::DRAIN_LAST_ERROR.into(),
+                now.last_error.clone().map_or(Value::Null, Value::String),
+            );
+            if let Err(e) = node::apply(nodes, name, &update).await {
+                tracing::debug!(error = %e, "could not write drain progress");
+            }
+            written = Some(now);
+        }
+        let over = tokio::time::timeout(PROGRESS_EVERY, async {
+            while rx.changed().await.is_ok() {}
+        })
+        .await
+        .is_ok();
+        if over {
+            return;
+        }
+    }
+}
+
 /// What the loop does after a step.
 enum Progress {
     /// Decide again at once (the step changed something).
@@ -288,7 +329,7 @@ struct Agent {
     host: Host,
     client: Client,
     nodes: Api<Node>,
-    pods: Api<Pod>,
+    drainer: Drainer,
     lease: LeaseClient,
     metrics: Metrics,
     ready: Readiness,
@@ -533,6 +574,21 @@ impl Agent {
                 Ok(Progress::Again)
             }
             Step::Cordon { cordon } => {
+                // Pre-flight: pods that refuse the drain (emptyDir, unmanaged...) stop the cycle
+                // before anything is cordoned, naming them.
+                if let Some(why) = self.drainer.plan().await?.refusal() {
+                    self.metrics.errors.with_label_values(&["drain"]).inc();
+                    return self
+                        .abort(
+                            node,
+                            state,
+                            boot_id,
+                            false,
+                            AbortReason::DrainFailed,
+                            Some(why),
+                        )
+                        .await;
+                }
                 let next = NodeState {
                     phase: Phase::Draining,
                     cordoned_by_baton: cordon,
@@ -660,8 +716,31 @@ impl Agent {
     ) -> anyhow::Result<Progress> {
         let started = Instant::now();
         let events = self.events(node);
+        events
+            .publish(
+                false,
+                "DrainStarted",
+                "Drain",
+                format!(
+                    "draining (timeout {}, then {:?})",
+                    node::human(self.args.drain.drain_timeout),
+                    self.args.drain.drain_timeout_action
+                ),
+            )
+            .await;
+        let (progress_tx, progress_rx) = watch::channel(DrainProgress::default());
+        let drainer = self.drainer.clone();
+        // The progress writer ends once the drain drops its sender, after its last write.
+        let drain_then_close = async move { drainer.drain(&progress_tx).await };
+        let both = async {
+            tokio::join!(
+                drain_then_close,
+                report_progress(&self.nodes, &self.args.node_name, progress_rx)
+            )
+            .0
+        };
         let drained = tokio::select! {
-            r = crate::drain::drain(&self.pods, &self.args.node_name, self.args.drain_timeout, &self.metrics) => r,
+            r = both => r,
             () = self.shutdown.wait() => {
                 tracing::info!("stop requested mid-drain; the next start resumes");
                 return Ok(Progress::Stop);
@@ -672,15 +751,25 @@ impl Agent {
             .observe(started.elapsed().as_secs_f64());
         let failure = match &drained {
             Ok(report) => {
-                tracing::info!(evicted = report.evicted, skipped = report.skipped, took = %node::human(started.elapsed()), "drained");
+                tracing::info!(evicted = report.evicted, deleted = report.deleted, skipped = report.skipped, escalated = report.escalated, took = %node::human(started.elapsed()), "drained");
+                if report.escalated > 0 {
+                    events
+                        .publish(true, "DrainEscalated", "Delete", format!(
+                            "--drain-timeout passed: deleted {} pod(s), bypassing their disruption budgets (--drain-timeout-action=delete)",
+                            report.escalated
+                        ))
+                        .await;
+                }
                 events
                     .publish(
                         false,
                         "Drained",
                         "Drain",
                         format!(
-                            "evicted {} pod(s) in {}",
+                            "evicted {} and deleted {} pod(s), left {} alone, in {}",
                             report.evicted,
+                            report.deleted,
+                            report.skipped,
                             node::human(started.elapsed())
                         ),
                     )

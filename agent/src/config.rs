@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::drain::{Options as DrainOptions, TimeoutAction};
+
 /// baton: drain, reboot and uncordon this node, one node at a time.
 #[derive(Debug, Parser)]
 #[command(name = "baton", version, about, long_about = None, args_override_self = true)]
@@ -23,6 +25,9 @@ pub enum Command {
     /// Run the node agent (the DaemonSet's entry point).
     #[command(args_override_self = true)]
     Agent(Box<AgentArgs>),
+    /// Cordon and drain one node now, like `kubectl drain`, with baton's drain engine.
+    #[command(args_override_self = true)]
+    Drain(Box<DrainCommand>),
 }
 
 /// How the host is rebooted.
@@ -88,10 +93,9 @@ pub struct AgentArgs {
     #[arg(long, env = "BATON_LOCK_TTL", default_value = "30m", value_parser = parse_lock_ttl, allow_hyphen_values = true)]
     pub lock_ttl: Duration,
 
-    /// Give up draining after this long: uncordon, release the Lease, back off.
-    #[arg(long, env = "BATON_DRAIN_TIMEOUT", default_value = "10m",
-          value_parser = parse_positive_duration, allow_hyphen_values = true)]
-    pub drain_timeout: Duration,
+    /// How to drain.
+    #[command(flatten)]
+    pub drain: DrainArgs,
 
     /// How long to wait after a failed drain before trying again.
     #[arg(long, env = "BATON_DRAIN_FAILURE_BACKOFF", default_value = "5m",
@@ -157,6 +161,106 @@ pub struct AgentArgs {
     /// Log filter, e.g. `info` or `baton=debug,kube=info`.
     #[arg(long, env = "BATON_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// `baton drain NODE`.
+#[derive(Debug, Clone, Args)]
+pub struct DrainCommand {
+    /// The node to cordon and drain.
+    #[arg(value_parser = parse_dns_subdomain)]
+    pub node: String,
+
+    /// How to drain.
+    #[command(flatten)]
+    pub drain: DrainArgs,
+
+    /// Timeout of each Kubernetes API request (watches excepted).
+    #[arg(long, env = "BATON_API_TIMEOUT", default_value = "30s",
+          value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub api_timeout: Duration,
+}
+
+/// The drain flags, shared by `baton agent` and `baton drain`. Names follow kubectl drain's
+/// (with kured's `--drain-` prefix where kured has one).
+#[derive(Debug, Clone, Args)]
+pub struct DrainArgs {
+    /// Give up draining after this long (see --drain-timeout-action).
+    #[arg(long, env = "BATON_DRAIN_TIMEOUT", default_value = "10m",
+          value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub drain_timeout: Duration,
+
+    /// At --drain-timeout: `abort` (uncordon, release, back off; PDBs are never bypassed) or
+    /// `delete` (delete the pods left, bypassing their PDBs).
+    #[arg(
+        long,
+        env = "BATON_DRAIN_TIMEOUT_ACTION",
+        value_enum,
+        default_value = "abort"
+    )]
+    pub drain_timeout_action: TimeoutAction,
+
+    /// Leave DaemonSet-managed pods alone; `false` makes their presence refuse the drain.
+    #[arg(long, env = "BATON_DRAIN_IGNORE_DAEMONSETS", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub drain_ignore_daemonsets: bool,
+
+    /// Allow draining pods with emptyDir volumes (their data is lost).
+    #[arg(long, env = "BATON_DELETE_EMPTYDIR_DATA")]
+    pub delete_emptydir_data: bool,
+
+    /// Allow draining pods no controller will recreate, and orphaned DaemonSet pods.
+    #[arg(long, env = "BATON_DRAIN_FORCE", alias = "force")]
+    pub drain_force: bool,
+
+    /// Only drain pods matching this label selector.
+    #[arg(long, env = "BATON_DRAIN_POD_SELECTOR")]
+    pub drain_pod_selector: Option<String>,
+
+    /// Grace period (seconds) given to drained pods; -1 keeps each pod's own.
+    #[arg(long, env = "BATON_DRAIN_GRACE_PERIOD", default_value_t = -1, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i64).range(-1..=i64::from(u32::MAX)))]
+    pub drain_grace_period: i64,
+
+    /// Do not wait for pods that have been terminating for longer than this (0s: always wait).
+    #[arg(long, env = "BATON_SKIP_WAIT_FOR_DELETE_TIMEOUT", default_value = "0s",
+          value_parser = parse_duration, allow_hyphen_values = true)]
+    pub skip_wait_for_delete_timeout: Duration,
+
+    /// Delete pods instead of evicting them: bypasses PodDisruptionBudgets.
+    #[arg(long, env = "BATON_DISABLE_EVICTION")]
+    pub disable_eviction: bool,
+
+    /// Evictions in flight at once.
+    #[arg(long, env = "BATON_DRAIN_PARALLELISM", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub drain_parallelism: u16,
+}
+
+impl DrainArgs {
+    /// The drain engine's options.
+    pub fn options(&self) -> DrainOptions {
+        DrainOptions {
+            ignore_daemonsets: self.drain_ignore_daemonsets,
+            delete_emptydir_data: self.delete_emptydir_data,
+            force: self.drain_force,
+            pod_selector: self
+                .drain_pod_selector
+                .clone()
+                .filter(|s| !s.trim().is_empty()),
+            grace_period: u32::try_from(self.drain_grace_period).ok(),
+            skip_wait_for_delete_timeout: Some(self.skip_wait_for_delete_timeout)
+                .filter(|d| !d.is_zero()),
+            disable_eviction: self.disable_eviction,
+            timeout: self.drain_timeout,
+            timeout_action: self.drain_timeout_action,
+            parallelism: usize::from(self.drain_parallelism),
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|_| "expected a duration such as 0s, 90s or 10m".to_owned())
 }
 
 /// The shortest `--lock-ttl`: renewals happen every third of it, and must fit API latency.
@@ -319,6 +423,7 @@ mod tests {
             Ok(Cli {
                 command: Command::Agent(a),
             }) => Ok(*a),
+            Ok(other) => Err(format!("unexpected {other:?}")),
             Err(e) => Err(one_line_error(&e)),
         }
     }
@@ -328,7 +433,12 @@ mod tests {
         let a = parse(&["--node-name", "n1"]).unwrap();
         assert_eq!(a.check_interval, Duration::from_secs(30));
         assert_eq!(a.lock_ttl, Duration::from_secs(30 * 60));
-        assert_eq!(a.drain_timeout, Duration::from_secs(600));
+        assert_eq!(a.drain.drain_timeout, Duration::from_secs(600));
+        let d = a.drain.options();
+        assert!(d.ignore_daemonsets && !d.delete_emptydir_data && !d.force && !d.disable_eviction);
+        assert_eq!(d.grace_period, None);
+        assert_eq!(d.skip_wait_for_delete_timeout, None);
+        assert_eq!(d.timeout_action, TimeoutAction::Abort);
         assert_eq!(a.reboot_method, RebootMethod::Command);
         assert_eq!(*a.reboot_command, ["/bin/systemctl", "reboot"]);
         assert_eq!(a.reboot_signal, 39);
@@ -376,7 +486,35 @@ mod tests {
             "--drain-timeout=2m",
         ])
         .unwrap();
-        assert_eq!(a.drain_timeout, Duration::from_secs(120));
+        assert_eq!(a.drain.drain_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn drain_flags_follow_kubectl() {
+        let a = parse(&[
+            "--node-name",
+            "n1",
+            "--drain-grace-period",
+            "0",
+            "--force",
+            "--delete-emptydir-data",
+            "--drain-ignore-daemonsets=false",
+            "--skip-wait-for-delete-timeout",
+            "90s",
+            "--drain-timeout-action",
+            "delete",
+        ])
+        .unwrap();
+        let d = a.drain.options();
+        assert_eq!(d.grace_period, Some(0));
+        assert!(d.force && d.delete_emptydir_data && !d.ignore_daemonsets);
+        assert_eq!(
+            d.skip_wait_for_delete_timeout,
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(d.timeout_action, TimeoutAction::Delete);
+        let err = parse(&["--node-name", "n1", "--drain-grace-period", "-2"]).unwrap_err();
+        assert!(err.contains("--drain-grace-period"), "{err}");
     }
 
     #[test]

@@ -1,60 +1,305 @@
-//! Draining this node: which pods to evict and why (pure), and evicting them through the
-//! Eviction API so PodDisruptionBudgets hold, under one deadline, then waiting until they are
-//! really gone.
+//! Draining this node with `kubectl drain`'s semantics: which pods to evict, delete, wait for or
+//! leave alone, and why (pure: [`decide`], [`plan`]); then evicting them through the Eviction API
+//! so PodDisruptionBudgets hold, under one deadline with real cancellation, retrying a pod that a
+//! PDB refused as soon as that PDB allows a disruption again (a watch, not a fixed sleep), and
+//! waiting on a watch until the pods are really gone.
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, EvictParams, ListParams};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Preconditions};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
-/// What to do with one pod of the node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Evict it.
-    Evict,
-    /// Already terminating: only wait for it to go.
-    WaitOnly,
-    /// Leave it: it belongs to a DaemonSet (it would come straight back).
-    SkipDaemonSet,
-    /// Leave it: a mirror of a static pod, which the API cannot evict.
-    SkipMirror,
+/// What to do when `--drain-timeout` passes with pods left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimeoutAction {
+    /// Stop: the drain failed (uncordon, release, back off). PDBs are never bypassed.
+    Abort,
+    /// Delete the pods left, bypassing their PDBs, then wait for them to go.
+    Delete,
+}
+
+/// How to drain (the `--drain-*` flags).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Leave DaemonSet pods alone (false: their presence refuses the drain).
+    pub ignore_daemonsets: bool,
+    /// Allow evicting pods with emptyDir volumes (their data is lost).
+    pub delete_emptydir_data: bool,
+    /// Allow evicting pods no controller will recreate, and orphaned DaemonSet pods.
+    pub force: bool,
+    /// Only pods matching this label selector are drained.
+    pub pod_selector: Option<String>,
+    /// Grace period for evicted and deleted pods; `None` keeps each pod's own.
+    pub grace_period: Option<u32>,
+    /// Pods terminating for longer than this are not waited for.
+    pub skip_wait_for_delete_timeout: Option<Duration>,
+    /// Delete pods instead of evicting them (bypasses PDBs).
+    pub disable_eviction: bool,
+    /// The drain's one deadline.
+    pub timeout: Duration,
+    /// What to do when it passes.
+    pub timeout_action: TimeoutAction,
+    /// Evictions in flight at once.
+    pub parallelism: usize,
+}
+
+/// A pod, reduced to what the decision needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID (a replacement with the same name has another).
+    pub uid: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The controller's kind and name.
+    pub controller: Option<(String, String)>,
+    /// A mirror of a static pod.
+    pub mirror: bool,
+    /// Succeeded or Failed.
+    pub finished: bool,
+    /// Has an emptyDir volume.
+    pub emptydir: bool,
+    /// When deletion was requested.
+    pub deleting_since: Option<SystemTime>,
 }
 
 /// The annotation that marks a mirror (static) pod.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
-/// Decides what to do with `pod`.
-pub fn classify(pod: &Pod) -> Action {
-    let meta = &pod.metadata;
-    if meta
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION))
+impl PodInfo {
+    /// Extracts the decision's inputs from a Pod.
+    pub fn from_pod(pod: &Pod) -> Self {
+        let m = &pod.metadata;
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        Self {
+            namespace: m.namespace.clone().unwrap_or_default(),
+            name: m.name.clone().unwrap_or_default(),
+            uid: m.uid.clone().unwrap_or_default(),
+            labels: m.labels.clone().unwrap_or_default(),
+            controller: m
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| (o.kind.clone(), o.name.clone())),
+            mirror: m
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION)),
+            finished: matches!(phase, Some("Succeeded" | "Failed")),
+            emptydir: pod
+                .spec
+                .as_ref()
+                .is_some_and(|s| s.volumes.iter().flatten().any(|v| v.empty_dir.is_some())),
+            deleting_since: m.deletion_timestamp.as_ref().map(|t| SystemTime::from(t.0)),
+        }
+    }
+
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    fn daemonset(&self) -> Option<&str> {
+        match &self.controller {
+            Some((kind, name)) if kind == "DaemonSet" => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// What the drain does with one pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Evict it (PDBs apply).
+    Evict,
+    /// Delete it: it has finished (PDBs do not apply), or `--disable-eviction`.
+    Delete,
+    /// Already terminating: only wait for it to go.
+    WaitOnly,
+    /// Leave it: managed by a DaemonSet.
+    SkipDaemonSet,
+    /// Leave it: a mirror of a static pod, which the API cannot evict.
+    SkipMirror,
+    /// Leave it: terminating for longer than `--skip-wait-for-delete-timeout`.
+    SkipDeletedLongAgo,
+}
+
+/// Why a pod refuses the drain (the drain stops before cordoning, naming the pods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A DaemonSet pod while `--drain-ignore-daemonsets=false`.
+    DaemonSet,
+    /// Its DaemonSet no longer exists and `--force` is not set.
+    OrphanedDaemonSet,
+    /// Uses emptyDir and `--delete-emptydir-data` is not set.
+    EmptyDir,
+    /// No controller would recreate it and `--force` is not set.
+    Unmanaged,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::DaemonSet => "managed by a DaemonSet (--drain-ignore-daemonsets=false)",
+            Refusal::OrphanedDaemonSet => "its DaemonSet is gone (allow with --force)",
+            Refusal::EmptyDir => "uses emptyDir (allow with --delete-emptydir-data)",
+            Refusal::Unmanaged => "not managed by a controller (allow with --force)",
+        })
+    }
+}
+
+/// Decides what to do with one pod, in kubectl drain's order of checks.
+pub fn decide(
+    p: &PodInfo,
+    daemonset_exists: bool,
+    o: &Options,
+    now: SystemTime,
+) -> Result<Disposition, Refusal> {
+    if let (Some(since), Some(skip)) = (p.deleting_since, o.skip_wait_for_delete_timeout)
+        && now.duration_since(since).is_ok_and(|d| d > skip)
     {
-        return Action::SkipMirror;
+        return Ok(Disposition::SkipDeletedLongAgo);
     }
-    let daemonset = meta.owner_references.iter().flatten().any(|o| {
-        o.controller == Some(true) && o.kind == "DaemonSet" && o.api_version.starts_with("apps/")
+    if p.mirror {
+        return Ok(Disposition::SkipMirror);
+    }
+    let mut orphan = false;
+    if p.daemonset().is_some() {
+        if p.finished {
+            return Ok(Disposition::Delete);
+        }
+        if daemonset_exists {
+            return if o.ignore_daemonsets {
+                Ok(Disposition::SkipDaemonSet)
+            } else {
+                Err(Refusal::DaemonSet)
+            };
+        }
+        if !o.force {
+            return Err(Refusal::OrphanedDaemonSet);
+        }
+        orphan = true;
+    }
+    if p.emptydir && !p.finished && !o.delete_emptydir_data {
+        return Err(Refusal::EmptyDir);
+    }
+    if p.controller.is_none() && !orphan && !p.finished && !o.force {
+        return Err(Refusal::Unmanaged);
+    }
+    Ok(if p.finished {
+        Disposition::Delete
+    } else if p.deleting_since.is_some() {
+        Disposition::WaitOnly
+    } else if o.disable_eviction {
+        Disposition::Delete
+    } else {
+        Disposition::Evict
+    })
+}
+
+/// What a drain will do with every pod on the node.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Pods and what happens to them.
+    pub pods: Vec<(PodInfo, Disposition)>,
+    /// Pods that refuse the drain, and why.
+    pub refused: Vec<(PodInfo, Refusal)>,
+}
+
+impl Plan {
+    /// One line naming every refusing pod, or `None` when nothing refuses.
+    pub fn refusal(&self) -> Option<String> {
+        if self.refused.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = self
+            .refused
+            .iter()
+            .map(|(p, r)| format!("{} ({r})", p.key()))
+            .collect();
+        Some(format!(
+            "{} pod(s) refuse the drain: {}",
+            list.len(),
+            list.join(", ")
+        ))
+    }
+
+    /// Pods the drain waits for (evicted, deleted or already terminating).
+    pub fn targets(&self) -> impl Iterator<Item = &(PodInfo, Disposition)> {
+        self.pods.iter().filter(|(_, d)| {
+            matches!(
+                d,
+                Disposition::Evict | Disposition::Delete | Disposition::WaitOnly
+            )
+        })
+    }
+}
+
+/// Plans the drain of `pods`; `daemonset_exists(namespace, name)` says whether a DaemonSet exists.
+pub fn plan(
+    pods: &[PodInfo],
+    daemonset_exists: impl Fn(&str, &str) -> bool,
+    o: &Options,
+    now: SystemTime,
+) -> Plan {
+    let mut plan = Plan::default();
+    for p in pods {
+        let exists = p
+            .daemonset()
+            .is_some_and(|ds| daemonset_exists(&p.namespace, ds));
+        match decide(p, exists, o, now) {
+            Ok(d) => plan.pods.push((p.clone(), d)),
+            Err(r) => plan.refused.push((p.clone(), r)),
+        }
+    }
+    plan
+}
+
+/// Whether a label selector matches `labels` (a PDB's selector: empty matches every pod).
+pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
+        let have = labels.get(&e.key);
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => have.is_some_and(|v| values.contains(v)),
+            "NotIn" => have.is_none_or(|v| !values.contains(v)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            _ => false,
+        }
     });
-    if daemonset {
-        return Action::SkipDaemonSet;
-    }
-    if meta.deletion_timestamp.is_some() {
-        return Action::WaitOnly;
-    }
-    Action::Evict
+    labels_ok && exprs_ok
 }
 
 /// Why a drain did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
+    /// Pods refuse the drain (nothing was evicted).
+    #[error("{0}")]
+    Refused(String),
     /// The deadline passed with pods left.
-    #[error("drain timed out after {timeout:?} with {left} pod(s) left (last error: {last_error})")]
+    #[error("drain timed out after {} with {left} pod(s) left (last error: {last_error})", crate::node::human(*timeout))]
     Timeout {
         /// The drain timeout.
         timeout: Duration,
@@ -63,9 +308,28 @@ pub enum DrainError {
         /// The last eviction error seen.
         last_error: String,
     },
-    /// Listing the node's pods failed.
-    #[error("cannot list the node's pods")]
-    List(#[source] kube::Error),
+    /// A pod is covered by several PDBs, which the Eviction API refuses for good.
+    #[error(
+        "pod {pod} is covered by more than one PodDisruptionBudget ({pdbs}); the Eviction API cannot evict it"
+    )]
+    MultiplePdbs {
+        /// namespace/name of the pod.
+        pod: String,
+        /// The PDBs.
+        pdbs: String,
+    },
+    /// A request failed.
+    #[error("cannot {what}")]
+    Api {
+        /// What was attempted.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// A watch the drain depends on stopped.
+    #[error("the {0} watch stopped")]
+    WatchStopped(&'static str),
 }
 
 /// What a finished drain did.
@@ -73,166 +337,564 @@ pub enum DrainError {
 pub struct Report {
     /// Pods evicted.
     pub evicted: usize,
-    /// Pods left alone (DaemonSet, mirror).
+    /// Pods deleted (finished, `--disable-eviction`, terminating namespace, or escalation).
+    pub deleted: usize,
+    /// Pods left alone (DaemonSet, mirror, long-terminating).
     pub skipped: usize,
+    /// Pods deleted after the deadline by `--drain-timeout-action=delete`.
+    pub escalated: usize,
 }
 
-/// Evictions in flight at once: enough to drain a busy node quickly, few enough that the API
-/// server's priority-and-fairness limits are never the bottleneck.
-const PARALLEL_EVICTIONS: usize = 8;
-/// Wait between retries of a pod whose eviction a PDB refused (429): kubectl waits 5 s; the
-/// blocking PDB only changes when a replacement becomes ready, which takes seconds.
-const PDB_RETRY: Duration = Duration::from_secs(2);
+/// Progress reported while draining.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Pods not gone yet.
+    pub pending: usize,
+    /// The last error (e.g. a PDB refusal), if any.
+    pub last_error: Option<String>,
+}
+
+/// The shortest time between two eviction attempts of one pod: a PDB watch event can arrive
+/// while the disruption controller is still catching up, and we never spin.
+const MIN_RETRY_SPACING: Duration = Duration::from_millis(250);
+/// Retry a PDB-refused pod after this even if no PDB event arrived (kubectl's fixed interval).
+const PDB_FALLBACK_RETRY: Duration = Duration::from_secs(5);
 /// First wait after any other eviction error; doubles up to [`MAX_ERROR_BACKOFF`].
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait between retries after errors.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(10);
-/// How often the node's pods are listed while waiting for evicted pods to be gone.
-const GONE_POLL: Duration = Duration::from_secs(1);
+/// After an escalation to delete, how long to wait for the deleted pods to go.
+const ESCALATION_WAIT: Duration = Duration::from_secs(120);
 
-fn node_pods(node: &str) -> ListParams {
-    ListParams::default().fields(&format!("spec.nodeName={node}"))
-}
+/// Aborts a spawned task when dropped, so no watch outlives its drain.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-/// Drains node `node` before `timeout` passes.
-pub async fn drain(
-    pods: &Api<Pod>,
-    node: &str,
-    timeout: Duration,
-    metrics: &Metrics,
-) -> Result<Report, DrainError> {
-    let deadline = Instant::now() + timeout;
-    let listed = pods
-        .list(&node_pods(node))
-        .await
-        .map_err(DrainError::List)?;
-    let mut report = Report::default();
-    let mut to_evict = Vec::new();
-    let mut waiting: HashSet<(String, String)> = HashSet::new();
-    for pod in &listed.items {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        match classify(pod) {
-            Action::SkipDaemonSet | Action::SkipMirror => report.skipped += 1,
-            Action::WaitOnly => {
-                waiting.insert((ns, uid));
-            }
-            Action::Evict => {
-                to_evict.push((ns.clone(), name));
-                waiting.insert((ns, uid));
-            }
-        }
-    }
-    tracing::info!(
-        node,
-        evict = to_evict.len(),
-        skipped = report.skipped,
-        "draining"
-    );
-
-    let last_error = std::sync::Mutex::new(String::from("none"));
-    let client = pods.clone().into_client();
-    let evictions = futures::stream::iter(to_evict)
-        .map(|(ns, name)| {
-            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-            let last_error = &last_error;
-            async move { evict_until_done(&api, &ns, &name, metrics, last_error).await }
-        })
-        .buffer_unordered(PARALLEL_EVICTIONS)
-        .fold(0usize, |n, evicted| async move { n + usize::from(evicted) });
-    // One deadline for everything: when it passes, the stream is dropped and no eviction keeps
-    // retrying in the background.
-    let timed_out = |left: usize, last_error: &std::sync::Mutex<String>| DrainError::Timeout {
-        timeout,
-        left,
-        last_error: last_error.lock().map(|e| e.clone()).unwrap_or_default(),
-    };
-    report.evicted = match tokio::time::timeout_at(deadline, evictions).await {
-        Ok(n) => n,
-        Err(_) => {
-            let left = remaining(pods, node, &waiting)
-                .await
-                .unwrap_or(waiting.len());
-            return Err(timed_out(left, &last_error));
-        }
-    };
-
-    loop {
-        let left = remaining(pods, node, &waiting)
-            .await
-            .map_err(DrainError::List)?;
-        if left == 0 {
-            return Ok(report);
-        }
-        if Instant::now() + GONE_POLL > deadline {
-            return Err(timed_out(left, &last_error));
-        }
-        tokio::time::sleep(GONE_POLL).await;
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
-/// How many of `waiting` (namespace, UID) are still on the node. A pod with the same name but
-/// a new UID is a replacement, so it counts as gone.
-async fn remaining(
-    pods: &Api<Pod>,
-    node: &str,
-    waiting: &HashSet<(String, String)>,
-) -> Result<usize, kube::Error> {
-    let listed = pods.list(&node_pods(node)).await?;
-    Ok(listed
-        .items
-        .iter()
+/// Mirrors a watched collection into a map, keyed by `key`, for as long as the task lives.
+fn mirror<K, V>(
+    api: Api<K>,
+    config: watcher::Config,
+    key: fn(&K) -> String,
+    value: fn(&K) -> V,
+) -> (watch::Receiver<Option<HashMap<String, V>>>, AbortOnDrop<()>)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+        let mut buffer: HashMap<String, V> = HashMap::new();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(Event::Init) => buffer.clear(),
+                Ok(Event::InitApply(o)) => {
+                    buffer.insert(key(&o), value(&o));
+                }
+                Ok(Event::InitDone) => {
+                    let _ = tx.send(Some(buffer.clone()));
+                }
+                Ok(Event::Apply(o)) => {
+                    tx.send_modify(|m| {
+                        if let Some(m) = m {
+                            m.insert(key(&o), value(&o));
+                        }
+                    });
+                }
+                Ok(Event::Delete(o)) => {
+                    tx.send_modify(|m| {
+                        if let Some(m) = m {
+                            m.remove(&key(&o));
+                        }
+                    });
+                }
+                Err(e) => tracing::debug!(error = %e, "drain watch error; retrying"),
+            }
+        }
+    });
+    (rx, AbortOnDrop(task))
+}
+
+/// A PDB as the drain sees it.
+#[derive(Debug, Clone)]
+struct PdbView {
+    namespace: String,
+    name: String,
+    selector: Option<LabelSelector>,
+    allowed: i32,
+}
+
+fn pdb_key(p: &PodDisruptionBudget) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn pdb_view(p: &PodDisruptionBudget) -> PdbView {
+    PdbView {
+        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        selector: p.spec.as_ref().and_then(|s| s.selector.clone()),
+        allowed: p
+            .status
+            .as_ref()
+            .and_then(|s| s.disruptions_allowed)
+            .unwrap_or(0),
+    }
+}
+
+fn pod_uid(p: &Pod) -> String {
+    p.metadata.uid.clone().unwrap_or_default()
+}
+
+fn pod_deleting_since(p: &Pod) -> Option<SystemTime> {
+    p.metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| SystemTime::from(t.0))
+}
+
+fn covering(pdbs: &HashMap<String, PdbView>, pod: &PodInfo) -> Vec<PdbView> {
+    pdbs.values()
         .filter(|p| {
-            let key = (
-                p.metadata.namespace.clone().unwrap_or_default(),
-                p.metadata.uid.clone().unwrap_or_default(),
-            );
-            waiting.contains(&key)
+            p.namespace == pod.namespace
+                && p.selector
+                    .as_ref()
+                    .is_some_and(|s| selector_matches(s, &pod.labels))
         })
-        .count())
+        .cloned()
+        .collect()
 }
 
-/// Evicts one pod, retrying 429 and transient errors until it succeeds or the pod is gone.
-/// Returns whether this call evicted it. Cancelled by dropping.
-async fn evict_until_done(
-    api: &Api<Pod>,
-    ns: &str,
-    name: &str,
-    metrics: &Metrics,
-    last_error: &std::sync::Mutex<String>,
-) -> bool {
-    let mut backoff = ERROR_BACKOFF;
-    loop {
-        match api.evict(name, &EvictParams::default()).await {
-            Ok(_) => {
-                metrics.evictions.with_label_values(&["evicted"]).inc();
-                tracing::info!(namespace = ns, pod = name, "evicted");
-                return true;
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                metrics.evictions.with_label_values(&["gone"]).inc();
-                return false;
-            }
-            Err(kube::Error::Api(s)) if s.code == 429 => {
-                metrics.evictions.with_label_values(&["pdb_blocked"]).inc();
-                tracing::debug!(namespace = ns, pod = name, reason = %s.message, "eviction refused by a disruption budget");
-                if let Ok(mut e) = last_error.lock() {
-                    *e = format!("{ns}/{name}: {}", s.message);
+/// Drains `node`. Everything the drain starts is cancelled when the returned future is dropped.
+#[derive(Clone)]
+pub struct Drainer {
+    client: Client,
+    node: String,
+    options: Options,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Drainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drainer")
+            .field("node", &self.node)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drainer {
+    /// A drainer for `node`.
+    pub fn new(client: Client, node: &str, options: Options, metrics: Metrics) -> Self {
+        Self {
+            client,
+            node: node.to_owned(),
+            options,
+            metrics,
+        }
+    }
+
+    /// Lists the node's pods and plans the drain (used before cordoning, too).
+    pub async fn plan(&self) -> Result<Plan, DrainError> {
+        let mut lp = ListParams::default().fields(&format!("spec.nodeName={}", self.node));
+        if let Some(sel) = &self.options.pod_selector {
+            lp = lp.labels(sel);
+        }
+        let pods: Vec<PodInfo> = Api::<Pod>::all(self.client.clone())
+            .list(&lp)
+            .await
+            .map_err(|source| DrainError::Api {
+                what: "list the node's pods",
+                source,
+            })?
+            .items
+            .iter()
+            .map(PodInfo::from_pod)
+            .collect();
+        let mut daemonsets = HashSet::new();
+        for p in &pods {
+            if let Some(ds) = p.daemonset()
+                && !p.finished
+            {
+                let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), &p.namespace);
+                let found = api.get_opt(ds).await.map_err(|source| DrainError::Api {
+                    what: "check a pod's DaemonSet",
+                    source,
+                })?;
+                if found.is_some() {
+                    daemonsets.insert((p.namespace.clone(), ds.to_owned()));
                 }
-                tokio::time::sleep(PDB_RETRY).await;
             }
-            Err(e) => {
-                metrics.evictions.with_label_values(&["error"]).inc();
-                tracing::warn!(namespace = ns, pod = name, error = %e, "eviction failed; retrying");
-                if let Ok(mut le) = last_error.lock() {
-                    *le = format!("{ns}/{name}: {e}");
+        }
+        Ok(plan(
+            &pods,
+            |ns, ds| daemonsets.contains(&(ns.to_owned(), ds.to_owned())),
+            &self.options,
+            SystemTime::now(),
+        ))
+    }
+
+    /// Drains the node, reporting progress on `progress`.
+    pub async fn drain(&self, progress: &watch::Sender<Progress>) -> Result<Report, DrainError> {
+        let started = Instant::now();
+        let deadline = started + self.options.timeout;
+        // Watch first, so no deletion is missed between the plan and the wait.
+        let (pods_rx, _pods_task) = mirror(
+            Api::<Pod>::all(self.client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={}", self.node)),
+            pod_uid,
+            pod_deleting_since,
+        );
+        let (pdbs_rx, _pdbs_task) = mirror(
+            Api::<PodDisruptionBudget>::all(self.client.clone()),
+            watcher::Config::default(),
+            pdb_key,
+            pdb_view,
+        );
+        let plan = self.plan().await?;
+        if let Some(why) = plan.refusal() {
+            return Err(DrainError::Refused(why));
+        }
+        let targets: Vec<(PodInfo, Disposition)> = plan.targets().cloned().collect();
+        let mut report = Report {
+            skipped: plan.pods.len() - targets.len(),
+            ..Report::default()
+        };
+        tracing::info!(
+            node = %self.node,
+            pods = targets.len(),
+            skipped = report.skipped,
+            "draining"
+        );
+        let last_error = Arc::new(Mutex::new(None::<String>));
+        let pending = |left: usize| {
+            progress.send_replace(Progress {
+                pending: left,
+                last_error: last_error.lock().ok().and_then(|e| e.clone()),
+            });
+        };
+        pending(targets.len());
+
+        let work = async {
+            let mut outcomes = futures::stream::iter(targets.iter().cloned())
+                .map(|(pod, d)| {
+                    let pdbs = pdbs_rx.clone();
+                    let last_error = last_error.clone();
+                    async move { self.remove(&pod, d, pdbs, &last_error).await }
+                })
+                .buffer_unordered(self.options.parallelism.max(1));
+            while let Some(outcome) = outcomes.next().await {
+                match outcome? {
+                    Removed::Evicted => report.evicted += 1,
+                    Removed::Deleted => report.deleted += 1,
+                    Removed::Nothing => {}
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_ERROR_BACKOFF);
+            }
+            self.wait_gone(&targets, pods_rx.clone(), &pending).await
+        };
+        // One deadline for everything: when it passes, the work is dropped, and with it every
+        // eviction still retrying.
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(Ok(())) => Ok(report),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                let left = self.left(&targets, &pods_rx.borrow());
+                let last = last_error
+                    .lock()
+                    .ok()
+                    .and_then(|e| e.clone())
+                    .unwrap_or_else(|| "none".into());
+                if self.options.timeout_action == TimeoutAction::Abort {
+                    return Err(DrainError::Timeout {
+                        timeout: self.options.timeout,
+                        left: left.len(),
+                        last_error: last,
+                    });
+                }
+                tracing::warn!(
+                    left = left.len(),
+                    "drain timed out: deleting the pods left, bypassing their disruption budgets"
+                );
+                for p in &left {
+                    self.delete(p).await?;
+                    report.escalated += 1;
+                }
+                match tokio::time::timeout(
+                    ESCALATION_WAIT,
+                    self.wait_gone(&targets, pods_rx.clone(), &pending),
+                )
+                .await
+                {
+                    Ok(r) => r.map(|()| report),
+                    Err(_) => Err(DrainError::Timeout {
+                        timeout: self.options.timeout + ESCALATION_WAIT,
+                        left: self.left(&targets, &pods_rx.borrow()).len(),
+                        last_error: last,
+                    }),
+                }
             }
         }
     }
+
+    /// The targets still on the node.
+    fn left(
+        &self,
+        targets: &[(PodInfo, Disposition)],
+        live: &Option<HashMap<String, Option<SystemTime>>>,
+    ) -> Vec<PodInfo> {
+        let Some(live) = live else {
+            return targets.iter().map(|(p, _)| p.clone()).collect();
+        };
+        let now = SystemTime::now();
+        targets
+            .iter()
+            .filter(|(p, _)| match live.get(&p.uid) {
+                None => false,
+                Some(since) => !since.is_some_and(|s| {
+                    self.options
+                        .skip_wait_for_delete_timeout
+                        .is_some_and(|skip| now.duration_since(s).is_ok_and(|d| d > skip))
+                }),
+            })
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Waits until no target is left on the node (a new UID under the same name is a
+    /// replacement: the target is gone).
+    async fn wait_gone(
+        &self,
+        targets: &[(PodInfo, Disposition)],
+        mut live: watch::Receiver<Option<HashMap<String, Option<SystemTime>>>>,
+        pending: &impl Fn(usize),
+    ) -> Result<(), DrainError> {
+        loop {
+            let left = {
+                let seen = live.borrow_and_update();
+                if seen.is_some() {
+                    Some(self.left(targets, &seen).len())
+                } else {
+                    None
+                }
+            };
+            if let Some(left) = left {
+                pending(left);
+                if left == 0 {
+                    return Ok(());
+                }
+            }
+            // Long-terminating pods stop counting as time passes, without any event.
+            let tick = self
+                .options
+                .skip_wait_for_delete_timeout
+                .map_or(Duration::from_secs(3600), |_| Duration::from_secs(1));
+            tokio::select! {
+                r = live.changed() => r.map_err(|_| DrainError::WatchStopped("pod"))?,
+                () = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+
+    fn delete_params(&self, uid: &str) -> DeleteParams {
+        DeleteParams {
+            grace_period_seconds: self.options.grace_period,
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        }
+    }
+
+    async fn delete(&self, pod: &PodInfo) -> Result<bool, DrainError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        match api.delete(&pod.name, &self.delete_params(&pod.uid)).await {
+            Ok(_) => {
+                tracing::info!(namespace = %pod.namespace, pod = %pod.name, "deleted");
+                Ok(true)
+            }
+            // Gone already, or replaced (the UID precondition failed).
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+            Err(source) => Err(DrainError::Api {
+                what: "delete a pod",
+                source,
+            }),
+        }
+    }
+
+    /// Evicts or deletes one pod, retrying until it is done; cancelled by dropping.
+    async fn remove(
+        &self,
+        pod: &PodInfo,
+        d: Disposition,
+        mut pdbs: watch::Receiver<Option<HashMap<String, PdbView>>>,
+        last_error: &Mutex<Option<String>>,
+    ) -> Result<Removed, DrainError> {
+        match d {
+            Disposition::Delete => {
+                return Ok(if self.delete(pod).await? {
+                    self.metrics.evictions.with_label_values(&["deleted"]).inc();
+                    Removed::Deleted
+                } else {
+                    Removed::Nothing
+                });
+            }
+            Disposition::Evict => {}
+            _ => return Ok(Removed::Nothing),
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let params = EvictParams {
+            delete_options: Some(self.delete_params(&pod.uid)),
+            ..EvictParams::default()
+        };
+        let note = |msg: String| {
+            if let Ok(mut e) = last_error.lock() {
+                *e = Some(msg);
+            }
+        };
+        let mut backoff = ERROR_BACKOFF;
+        loop {
+            let attempt = Instant::now();
+            match api.evict(&pod.name, &params).await {
+                Ok(_) => {
+                    self.metrics.evictions.with_label_values(&["evicted"]).inc();
+                    tracing::info!(namespace = %pod.namespace, pod = %pod.name, "evicted");
+                    return Ok(Removed::Evicted);
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                    self.metrics.evictions.with_label_values(&["gone"]).inc();
+                    return Ok(Removed::Nothing);
+                }
+                Err(kube::Error::Api(s)) if s.code == 429 => {
+                    self.metrics
+                        .evictions
+                        .with_label_values(&["pdb_blocked"])
+                        .inc();
+                    note(format!("{}: {}", pod.key(), s.message));
+                    self.wait_for_budget(pod, attempt, &mut pdbs).await;
+                }
+                Err(kube::Error::Api(s))
+                    if s.code == 500 && s.message.contains("more than one PodDisruptionBudget") =>
+                {
+                    self.metrics.evictions.with_label_values(&["error"]).inc();
+                    let names: Vec<String> = pdbs
+                        .borrow()
+                        .as_ref()
+                        .map(|m| covering(m, pod))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|p| p.name)
+                        .collect();
+                    return Err(DrainError::MultiplePdbs {
+                        pod: pod.key(),
+                        pdbs: if names.is_empty() {
+                            "unknown".into()
+                        } else {
+                            names.join(", ")
+                        },
+                    });
+                }
+                Err(kube::Error::Api(s)) if s.code == 403 && namespace_terminating(&s) => {
+                    // The Eviction API refuses pods of a terminating namespace; they are being
+                    // deleted anyway, so delete this one as kubectl does.
+                    return Ok(if self.delete(pod).await? {
+                        self.metrics.evictions.with_label_values(&["deleted"]).inc();
+                        Removed::Deleted
+                    } else {
+                        Removed::Nothing
+                    });
+                }
+                Err(e) => {
+                    self.metrics.evictions.with_label_values(&["error"]).inc();
+                    tracing::warn!(namespace = %pod.namespace, pod = %pod.name, error = %e, "eviction failed; retrying");
+                    note(format!("{}: {e}", pod.key()));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_ERROR_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// After a 429: waits until a PDB covering `pod` allows a disruption again (or the fallback
+    /// interval passes), but never less than [`MIN_RETRY_SPACING`] after the last attempt.
+    async fn wait_for_budget(
+        &self,
+        pod: &PodInfo,
+        attempt: Instant,
+        pdbs: &mut watch::Receiver<Option<HashMap<String, PdbView>>>,
+    ) {
+        let fallback = attempt + PDB_FALLBACK_RETRY;
+        let allows = |m: &Option<HashMap<String, PdbView>>| {
+            m.as_ref().is_some_and(|m| {
+                let c = covering(m, pod);
+                !c.is_empty() && c.iter().all(|p| p.allowed > 0)
+            })
+        };
+        pdbs.borrow_and_update();
+        loop {
+            tokio::select! {
+                r = pdbs.changed() => {
+                    if r.is_err() {
+                        tokio::time::sleep_until(fallback).await;
+                        return;
+                    }
+                    if allows(&pdbs.borrow_and_update()) {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep_until(fallback) => return,
+            }
+        }
+        tokio::time::sleep_until(attempt + MIN_RETRY_SPACING).await;
+    }
+}
+
+/// `baton drain NODE`: cordons the node (as `kubectl drain` does) and drains it.
+pub async fn cordon_and_drain(
+    client: Client,
+    node: &str,
+    options: Options,
+    metrics: Metrics,
+) -> Result<Report, DrainError> {
+    let drainer = Drainer::new(client.clone(), node, options, metrics);
+    if let Some(why) = drainer.plan().await?.refusal() {
+        return Err(DrainError::Refused(why));
+    }
+    let cordon = serde_json::json!({"spec": {"unschedulable": true}});
+    Api::<k8s_openapi::api::core::v1::Node>::all(client)
+        .patch(
+            node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&cordon),
+        )
+        .await
+        .map_err(|source| DrainError::Api {
+            what: "cordon the node",
+            source,
+        })?;
+    let (tx, _rx) = watch::channel(Progress::default());
+    drainer.drain(&tx).await
+}
+
+fn namespace_terminating(s: &kube::core::Status) -> bool {
+    s.details
+        .as_ref()
+        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+        || s.message.contains("being terminated")
+}
+
+enum Removed {
+    Evicted,
+    Deleted,
+    Nothing,
 }
 
 #[cfg(test)]
@@ -240,45 +902,184 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod(v: serde_json::Value) -> Pod {
-        serde_json::from_value(v).unwrap()
+    fn opts() -> Options {
+        Options {
+            ignore_daemonsets: true,
+            delete_emptydir_data: false,
+            force: false,
+            pod_selector: None,
+            grace_period: None,
+            skip_wait_for_delete_timeout: None,
+            disable_eviction: false,
+            timeout: Duration::from_secs(600),
+            timeout_action: TimeoutAction::Abort,
+            parallelism: 8,
+        }
+    }
+
+    fn pod(v: serde_json::Value) -> PodInfo {
+        PodInfo::from_pod(&serde_json::from_value(v).unwrap())
+    }
+
+    fn owned(kind: &str) -> serde_json::Value {
+        json!([{"apiVersion": "apps/v1", "kind": kind, "name": "x", "uid": "u", "controller": true}])
+    }
+
+    const NOW: Duration = Duration::from_secs(1_800_000_000);
+
+    fn decide_now(p: &PodInfo, ds_exists: bool, o: &Options) -> Result<Disposition, Refusal> {
+        decide(p, ds_exists, o, SystemTime::UNIX_EPOCH + NOW)
     }
 
     #[test]
-    fn pods_are_classified_like_kubectl_drain_does_by_default() {
-        let cases = [
-            (json!({"metadata": {"name": "plain"}}), Action::Evict),
-            (
-                json!({"metadata": {"name": "rs", "ownerReferences": [{
-                    "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": "u",
-                    "controller": true}]}}),
-                Action::Evict,
+    fn pods_are_classified_like_kubectl_drain() {
+        let o = opts();
+        let force = Options {
+            force: true,
+            ..opts()
+        };
+        let strict_ds = Options {
+            ignore_daemonsets: false,
+            ..opts()
+        };
+        let emptydir = Options {
+            delete_emptydir_data: true,
+            ..opts()
+        };
+        let rs = pod(json!({"metadata": {"name": "rs", "ownerReferences": owned("ReplicaSet")}}));
+        let ds = pod(json!({"metadata": {"name": "ds", "ownerReferences": owned("DaemonSet")}}));
+        let bare = pod(json!({"metadata": {"name": "bare"}}));
+        let mirror =
+            pod(json!({"metadata": {"name": "static", "annotations": {MIRROR_ANNOTATION: "x"}}}));
+        let scratch = pod(
+            json!({"metadata": {"name": "scratch", "ownerReferences": owned("ReplicaSet")},
+            "spec": {"containers": [], "volumes": [{"name": "tmp", "emptyDir": {}}]}}),
+        );
+        let done = pod(json!({"metadata": {"name": "done"}, "status": {"phase": "Succeeded"}}));
+        let done_ds = pod(
+            json!({"metadata": {"name": "done-ds", "ownerReferences": owned("DaemonSet")},
+            "status": {"phase": "Failed"}}),
+        );
+        let done_scratch = pod(json!({"metadata": {"name": "done-scratch"},
+            "spec": {"containers": [], "volumes": [{"name": "tmp", "emptyDir": {}}]},
+            "status": {"phase": "Succeeded"}}));
+        let ds_ref = pod(json!({"metadata": {"name": "ds-ref", "ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "x", "uid": "u"}]}}));
+
+        let cases: Vec<(&PodInfo, bool, &Options, Result<Disposition, Refusal>)> = vec![
+            (&rs, false, &o, Ok(Disposition::Evict)),
+            (&ds, true, &o, Ok(Disposition::SkipDaemonSet)),
+            (&ds, true, &strict_ds, Err(Refusal::DaemonSet)),
+            (&ds, false, &o, Err(Refusal::OrphanedDaemonSet)),
+            (&ds, false, &force, Ok(Disposition::Evict)),
+            (&mirror, false, &o, Ok(Disposition::SkipMirror)),
+            (&bare, false, &o, Err(Refusal::Unmanaged)),
+            (&bare, false, &force, Ok(Disposition::Evict)),
+            (&scratch, false, &o, Err(Refusal::EmptyDir)),
+            (&scratch, false, &emptydir, Ok(Disposition::Evict)),
+            // Finished pods need no flag and are deleted, PDBs or not.
+            (&done, false, &o, Ok(Disposition::Delete)),
+            (&done_ds, true, &o, Ok(Disposition::Delete)),
+            (&done_scratch, false, &o, Ok(Disposition::Delete)),
+            // A DaemonSet owner that is not the controller does not make a DaemonSet pod.
+            (&ds_ref, false, &o, Err(Refusal::Unmanaged)),
+        ];
+        for (p, exists, o, want) in cases {
+            assert_eq!(decide_now(p, exists, o), want, "{}", p.name);
+        }
+    }
+
+    #[test]
+    fn disable_eviction_deletes_and_terminating_pods_are_only_waited_for() {
+        let rs = pod(json!({"metadata": {"name": "rs", "ownerReferences": owned("ReplicaSet")}}));
+        let o = Options {
+            disable_eviction: true,
+            ..opts()
+        };
+        assert_eq!(decide_now(&rs, false, &o), Ok(Disposition::Delete));
+        let going = pod(
+            json!({"metadata": {"name": "going", "ownerReferences": owned("ReplicaSet"),
+            "deletionTimestamp": "2027-01-15T08:00:00Z"}}),
+        );
+        assert_eq!(
+            decide_now(&going, false, &opts()),
+            Ok(Disposition::WaitOnly)
+        );
+    }
+
+    #[test]
+    fn pods_terminating_longer_than_the_skip_timeout_are_not_waited_for() {
+        let since = SystemTime::UNIX_EPOCH + NOW - Duration::from_secs(120);
+        let mut going =
+            pod(json!({"metadata": {"name": "going", "ownerReferences": owned("ReplicaSet")}}));
+        going.deleting_since = Some(since);
+        let o = Options {
+            skip_wait_for_delete_timeout: Some(Duration::from_secs(60)),
+            ..opts()
+        };
+        assert_eq!(
+            decide_now(&going, false, &o),
+            Ok(Disposition::SkipDeletedLongAgo)
+        );
+        let o = Options {
+            skip_wait_for_delete_timeout: Some(Duration::from_secs(300)),
+            ..opts()
+        };
+        assert_eq!(decide_now(&going, false, &o), Ok(Disposition::WaitOnly));
+    }
+
+    #[test]
+    fn a_plan_names_every_refusing_pod() {
+        let pods = vec![
+            pod(json!({"metadata": {"namespace": "a", "name": "bare"}})),
+            pod(
+                json!({"metadata": {"namespace": "b", "name": "rs", "ownerReferences": owned("ReplicaSet")}}),
             ),
-            (
-                json!({"metadata": {"name": "ds", "ownerReferences": [{
-                    "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "x", "uid": "u",
-                    "controller": true}]}}),
-                Action::SkipDaemonSet,
-            ),
-            (
-                // Owned by a DaemonSet but not as its controller: an ordinary pod.
-                json!({"metadata": {"name": "ds-ref", "ownerReferences": [{
-                    "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "x", "uid": "u"}]}}),
-                Action::Evict,
-            ),
-            (
-                json!({"metadata": {"name": "static", "annotations": {
-                    "kubernetes.io/config.mirror": "abc"}}}),
-                Action::SkipMirror,
-            ),
-            (
-                json!({"metadata": {"name": "going", "deletionTimestamp": "2026-01-01T00:00:00Z"}}),
-                Action::WaitOnly,
+            pod(
+                json!({"metadata": {"namespace": "c", "name": "scratch", "ownerReferences": owned("ReplicaSet")},
+                "spec": {"containers": [], "volumes": [{"name": "t", "emptyDir": {}}]}}),
             ),
         ];
-        for (p, want) in cases {
-            let p = pod(p);
-            assert_eq!(classify(&p), want, "{:?}", p.metadata.name);
+        let p = plan(&pods, |_, _| true, &opts(), SystemTime::UNIX_EPOCH + NOW);
+        let why = p.refusal().unwrap();
+        assert!(why.contains("a/bare") && why.contains("--force"), "{why}");
+        assert!(
+            why.contains("c/scratch") && why.contains("--delete-emptydir-data"),
+            "{why}"
+        );
+        assert!(!why.contains("b/rs"), "{why}");
+        assert_eq!(p.targets().count(), 1);
+    }
+
+    #[test]
+    fn selectors_match_like_the_api_server() {
+        let labels: BTreeMap<String, String> = [
+            ("app".to_owned(), "web".to_owned()),
+            ("tier".to_owned(), "a".to_owned()),
+        ]
+        .into();
+        let sel = |v: serde_json::Value| -> LabelSelector { serde_json::from_value(v).unwrap() };
+        assert!(selector_matches(&sel(json!({})), &labels));
+        assert!(selector_matches(
+            &sel(json!({"matchLabels": {"app": "web"}})),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &sel(json!({"matchLabels": {"app": "db"}})),
+            &labels
+        ));
+        for (op, values, want) in [
+            ("In", json!(["a", "b"]), true),
+            ("In", json!(["b"]), false),
+            ("NotIn", json!(["b"]), true),
+            ("NotIn", json!(["a"]), false),
+            ("Exists", json!(null), true),
+            ("DoesNotExist", json!(null), false),
+        ] {
+            let s = sel(
+                json!({"matchExpressions": [{"key": "tier", "operator": op, "values": values}]}),
+            );
+            assert_eq!(selector_matches(&s, &labels), want, "{op} {values}");
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use baton::config::{AgentArgs, Cli, Command, LogFormat, one_line_error};
+use baton::config::{AgentArgs, Cli, Command, DrainCommand, LogFormat, one_line_error};
 use clap::Parser;
 use clap::error::ErrorKind;
 use tracing_subscriber::EnvFilter;
@@ -25,6 +25,56 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Agent(args) => agent(*args),
+        Command::Drain(args) => drain(*args),
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    // One thread is plenty for an agent that mostly waits, and keeps its footprint small.
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("baton: error: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+fn drain(args: DrainCommand) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("info,kube=warn"))
+        .with_writer(std::io::stderr)
+        .init();
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let node = args.node.clone();
+    let result: anyhow::Result<baton::drain::Report> = runtime.block_on(async move {
+        let mut config = kube::Config::infer().await?;
+        config.default_retry = false;
+        config.read_timeout = Some(args.api_timeout);
+        let client = kube::Client::try_from(config)?;
+        let metrics = baton::metrics::Metrics::new()?;
+        Ok(
+            baton::drain::cordon_and_drain(client, &args.node, args.drain.options(), metrics)
+                .await?,
+        )
+    });
+    match result {
+        Ok(r) => {
+            println!(
+                "node/{} drained: {} evicted, {} deleted, {} left alone",
+                node, r.evicted, r.deleted, r.skipped
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("baton: error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -36,6 +36,10 @@ pub const DRY_RUN_BOOT_ID: &str = "baton.dev/dry-run-boot-id";
 pub const GAVE_UP_BOOT_ID: &str = "baton.dev/gave-up-boot-id";
 /// Completed reboots that did not clear the flag.
 pub const CONSECUTIVE_REBOOTS: &str = "baton.dev/consecutive-reboots";
+/// Pods the running drain still waits for.
+pub const DRAIN_PENDING: &str = "baton.dev/drain-pending";
+/// The running drain's last error (e.g. a PodDisruptionBudget refusal).
+pub const DRAIN_LAST_ERROR: &str = "baton.dev/drain-last-error";
 /// When the last reboot completed (RFC 3339), informational.
 pub const LAST_REBOOT: &str = "baton.dev/last-reboot";
 
@@ -167,6 +171,9 @@ pub fn state_annotations(state: &NodeState, now: SystemTime) -> serde_json::Map<
         opt(state.backoff_until.map(format_time)),
     );
     m.insert(DRY_RUN_BOOT_ID.into(), opt(state.dry_run_boot_id.clone()));
+    // Drain progress belongs to one drain: every state change clears it.
+    m.insert(DRAIN_PENDING.into(), Value::Null);
+    m.insert(DRAIN_LAST_ERROR.into(), Value::Null);
     m.insert(GAVE_UP_BOOT_ID.into(), opt(state.gave_up_boot_id.clone()));
     m.insert(
         CONSECUTIVE_REBOOTS.into(),
