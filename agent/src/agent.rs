@@ -77,6 +77,26 @@ impl<K: Resource + Clone> Latest<K> {
     }
 }
 
+/// The two API clients: one for requests, with `api_timeout`, and one for watches, which stay
+/// open for minutes. Neither retries 429s by itself: a refused eviction must reach the drain
+/// logic. Both identify themselves as `baton/<version> (<who>)` in audit logs.
+pub async fn clients(api_timeout: Duration, who: &str) -> anyhow::Result<(Client, Client)> {
+    let mut config = kube::Config::infer()
+        .await
+        .context("cannot find Kubernetes credentials (in-cluster or KUBECONFIG)")?;
+    let agent_name = format!("baton/{} ({who})", env!("CARGO_PKG_VERSION"));
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&agent_name).context("building the User-Agent header")?,
+    ));
+    config.default_retry = false;
+    let mut request_config = config.clone();
+    request_config.read_timeout = Some(api_timeout);
+    let client = Client::try_from(request_config).context("building the API client")?;
+    let watch_client = Client::try_from(config).context("building the API client")?;
+    Ok((client, watch_client))
+}
+
 /// Runs the agent until a stop is requested (Ok) or something fails for good (Err).
 pub async fn run(
     args: AgentArgs,
@@ -92,28 +112,8 @@ pub async fn run(
         )
     })?;
 
-    let mut config = kube::Config::infer()
-        .await
-        .context("cannot find Kubernetes credentials (in-cluster or KUBECONFIG)")?;
-    // Audit logs and API server metrics then say which node's agent made each request.
-    let agent_name = format!(
-        "baton/{} (node {})",
-        env!("CARGO_PKG_VERSION"),
-        args.node_name
-    );
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_str(&agent_name).context("building the User-Agent header")?,
-    ));
-    // Requests get a timeout; watches stay open for minutes, so they use a client without one.
-    // Neither retries 429s by itself: a refused eviction must reach the drain logic.
-    let mut request_config = config.clone();
-    request_config.default_retry = false;
-    request_config.read_timeout = Some(args.api_timeout);
-    let mut watch_config = config;
-    watch_config.default_retry = false;
-    let client = Client::try_from(request_config).context("building the API client")?;
-    let watch_client = Client::try_from(watch_config).context("building the API client")?;
+    let (client, watch_client) =
+        clients(args.api_timeout, &format!("node {}", args.node_name)).await?;
 
     let (node_tx, node_rx) = watch::channel(Seen::Unsynced);
     let (lease_tx, lease_rx) = watch::channel(Seen::Unsynced);
@@ -136,6 +136,13 @@ pub async fn run(
         signals.await;
         ("signals", Ok(()))
     });
+    let drainer = Drainer::new(
+        client.clone(),
+        watch_client.clone(),
+        &args.node_name,
+        args.drain.options(),
+        metrics.clone(),
+    );
     tasks.spawn(watch_named(
         Api::<Node>::all(watch_client.clone()),
         args.node_name.clone(),
@@ -161,12 +168,7 @@ pub async fn run(
     let mut agent = Agent {
         host: Host::new(args.host_pid),
         nodes: Api::all(client.clone()),
-        drainer: Drainer::new(
-            client.clone(),
-            &args.node_name,
-            args.drain.options(),
-            metrics.clone(),
-        ),
+        drainer,
         client,
         lease: lease_client,
         metrics,

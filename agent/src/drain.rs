@@ -5,7 +5,6 @@
 //! waiting on a watch until the pods are really gone.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
@@ -13,7 +12,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, DeleteParams, EvictParams, ListParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
@@ -477,6 +476,7 @@ fn covering(pdbs: &HashMap<String, PdbView>, pod: &PodInfo) -> Vec<PdbView> {
 #[derive(Clone)]
 pub struct Drainer {
     client: Client,
+    watch_client: Client,
     node: String,
     options: Options,
     metrics: Metrics,
@@ -492,10 +492,18 @@ impl std::fmt::Debug for Drainer {
 }
 
 impl Drainer {
-    /// A drainer for `node`.
-    pub fn new(client: Client, node: &str, options: Options, metrics: Metrics) -> Self {
+    /// A drainer for `node`: requests go through `client`, watches through `watch_client`
+    /// (which has no read timeout: a watch may stay quiet for minutes).
+    pub fn new(
+        client: Client,
+        watch_client: Client,
+        node: &str,
+        options: Options,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             client,
+            watch_client,
             node: node.to_owned(),
             options,
             metrics,
@@ -548,13 +556,13 @@ impl Drainer {
         let deadline = started + self.options.timeout;
         // Watch first, so no deletion is missed between the plan and the wait.
         let (pods_rx, _pods_task) = mirror(
-            Api::<Pod>::all(self.client.clone()),
+            Api::<Pod>::all(self.watch_client.clone()),
             watcher::Config::default().fields(&format!("spec.nodeName={}", self.node)),
             pod_uid,
             pod_deleting_since,
         );
         let (pdbs_rx, _pdbs_task) = mirror(
-            Api::<PodDisruptionBudget>::all(self.client.clone()),
+            Api::<PodDisruptionBudget>::all(self.watch_client.clone()),
             watcher::Config::default(),
             pdb_key,
             pdb_view,
@@ -574,21 +582,14 @@ impl Drainer {
             skipped = report.skipped,
             "draining"
         );
-        let last_error = Arc::new(Mutex::new(None::<String>));
-        let pending = |left: usize| {
-            progress.send_replace(Progress {
-                pending: left,
-                last_error: last_error.lock().ok().and_then(|e| e.clone()),
-            });
-        };
+        let pending = |left: usize| progress.send_modify(|p| p.pending = left);
         pending(targets.len());
 
         let work = async {
             let mut outcomes = futures::stream::iter(targets.iter().cloned())
                 .map(|(pod, d)| {
                     let pdbs = pdbs_rx.clone();
-                    let last_error = last_error.clone();
-                    async move { self.remove(&pod, d, pdbs, &last_error).await }
+                    async move { self.remove(&pod, d, pdbs, progress).await }
                 })
                 .buffer_unordered(self.options.parallelism.max(1));
             while let Some(outcome) = outcomes.next().await {
@@ -607,10 +608,10 @@ impl Drainer {
             Ok(Err(e)) => Err(e),
             Err(_) => {
                 let left = self.left(&targets, &pods_rx.borrow());
-                let last = last_error
-                    .lock()
-                    .ok()
-                    .and_then(|e| e.clone())
+                let last = progress
+                    .borrow()
+                    .last_error
+                    .clone()
                     .unwrap_or_else(|| "none".into());
                 if self.options.timeout_action == TimeoutAction::Abort {
                     return Err(DrainError::Timeout {
@@ -703,6 +704,22 @@ impl Drainer {
         }
     }
 
+    /// The Eviction object for `pod`. Built here because kube's `Api::evict` serialises its
+    /// delete options under a key the API server ignores (`delete_options`), which silently
+    /// drops the grace period and the UID precondition.
+    fn eviction(&self, pod: &PodInfo) -> serde_json::Value {
+        let mut delete_options = serde_json::json!({"preconditions": {"uid": pod.uid}});
+        if let Some(g) = self.options.grace_period {
+            delete_options["gracePeriodSeconds"] = g.into();
+        }
+        serde_json::json!({
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": pod.name, "namespace": pod.namespace},
+            "deleteOptions": delete_options,
+        })
+    }
+
     fn delete_params(&self, uid: &str) -> DeleteParams {
         DeleteParams {
             grace_period_seconds: self.options.grace_period,
@@ -736,7 +753,7 @@ impl Drainer {
         pod: &PodInfo,
         d: Disposition,
         mut pdbs: watch::Receiver<Option<HashMap<String, PdbView>>>,
-        last_error: &Mutex<Option<String>>,
+        progress: &watch::Sender<Progress>,
     ) -> Result<Removed, DrainError> {
         match d {
             Disposition::Delete => {
@@ -751,19 +768,17 @@ impl Drainer {
             _ => return Ok(Removed::Nothing),
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
-        let params = EvictParams {
-            delete_options: Some(self.delete_params(&pod.uid)),
-            ..EvictParams::default()
-        };
+        let eviction = self.eviction(pod);
         let note = |msg: String| {
-            if let Ok(mut e) = last_error.lock() {
-                *e = Some(msg);
-            }
+            progress.send_modify(|p| p.last_error = Some(msg));
         };
         let mut backoff = ERROR_BACKOFF;
         loop {
             let attempt = Instant::now();
-            match api.evict(&pod.name, &params).await {
+            let evicted: Result<serde_json::Value, kube::Error> = api
+                .create_subresource("eviction", &pod.name, &PostParams::default(), &eviction)
+                .await;
+            match evicted {
                 Ok(_) => {
                     self.metrics.evictions.with_label_values(&["evicted"]).inc();
                     tracing::info!(namespace = %pod.namespace, pod = %pod.name, "evicted");
@@ -860,11 +875,12 @@ impl Drainer {
 /// `baton drain NODE`: cordons the node (as `kubectl drain` does) and drains it.
 pub async fn cordon_and_drain(
     client: Client,
+    watch_client: Client,
     node: &str,
     options: Options,
     metrics: Metrics,
 ) -> Result<Report, DrainError> {
-    let drainer = Drainer::new(client.clone(), node, options, metrics);
+    let drainer = Drainer::new(client.clone(), watch_client, node, options, metrics);
     if let Some(why) = drainer.plan().await?.refusal() {
         return Err(DrainError::Refused(why));
     }

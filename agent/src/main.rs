@@ -53,13 +53,11 @@ fn drain(args: DrainCommand) -> ExitCode {
     };
     let node = args.node.clone();
     let result: anyhow::Result<baton::drain::Report> = runtime.block_on(async move {
-        let mut config = kube::Config::infer().await?;
-        config.default_retry = false;
-        config.read_timeout = Some(args.api_timeout);
-        let client = kube::Client::try_from(config)?;
+        let (client, watch_client) = baton::agent::clients(args.api_timeout, "drain").await?;
         let metrics = baton::metrics::Metrics::new()?;
+        let options = args.drain.options();
         Ok(
-            baton::drain::cordon_and_drain(client, &args.node, args.drain.options(), metrics)
+            baton::drain::cordon_and_drain(client, watch_client, &args.node, options, metrics)
                 .await?,
         )
     });

@@ -49,7 +49,20 @@ pub struct Cluster {
 /// The shared control plane of this test binary, started on first use.
 pub fn shared() -> &'static Cluster {
     static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
-    let started = SHARED.get_or_init(|| {
+    shared_in(&SHARED, Options::default())
+}
+
+/// Like [`shared`], with an audit log ([`Options::audit`]).
+pub fn shared_audited() -> &'static Cluster {
+    static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    shared_in(&SHARED, Options { audit: true })
+}
+
+fn shared_in(
+    cell: &'static OnceLock<Result<Cluster, String>>,
+    options: Options,
+) -> &'static Cluster {
+    let started = cell.get_or_init(|| {
         // Start on a thread that lives as long as the process: children die with the thread that
         // spawned them (PR_SET_PDEATHSIG), and the atexit hook stops them at exit.
         let (tx, rx) = std::sync::mpsc::channel();
@@ -60,7 +73,7 @@ pub fn shared() -> &'static Cluster {
                     .enable_all()
                     .build()
                     .map_err(anyhow::Error::from)
-                    .and_then(|rt| rt.block_on(Cluster::start()));
+                    .and_then(|rt| rt.block_on(Cluster::start_with(options)));
                 let ok = started.is_ok();
                 let _ = tx.send(started.map_err(|e| format!("{e:#}")));
                 if ok {
@@ -183,11 +196,17 @@ pub struct Options {
     pub audit: bool,
 }
 
-/// The audit policy: every request at metadata level, once it completes.
+/// The audit policy: evictions and pod deletions with their bodies (to check grace periods),
+/// every other request at metadata level, once it completes.
 const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
+- level: Request
+  verbs: [create, delete]
+  resources:
+  - group: \"\"
+    resources: [pods/eviction]
 - level: Metadata
 ";
 

@@ -13,5 +13,5 @@ pub mod process;
 pub mod rollout;
 pub mod wait;
 
-pub use cluster::{Cluster, shared};
+pub use cluster::{Cluster, shared, shared_audited};
 pub use wait::wait_for;
