@@ -461,6 +461,85 @@ async fn a_pod_under_two_pdbs_fails_the_drain_naming_both() {
 }
 
 #[tokio::test]
+async fn a_pod_that_vanished_before_its_eviction_counts_as_gone() {
+    let cluster = shared_audited();
+    let ns = "drain-vanish";
+    let client = setup(cluster, ns).await;
+    let node = format!("{ns}-1");
+    // "a" is blocked by its PDB; with one eviction at a time, "b" waits behind it.
+    create::<Deployment>(&client, ns, deployment("a", ns, 1, json!({}))).await;
+    create::<PodDisruptionBudget>(
+        &client,
+        ns,
+        json!({"metadata": {"name": "a"},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "a"}}}}),
+    )
+    .await;
+    create::<Pod>(&client, ns, bare_pod("b", &node)).await;
+    fixtures::wait_ready_pods(&client, ns, "app=a", 1)
+        .await
+        .unwrap();
+    fixtures::wait_ready_pods(&client, ns, "app=b", 1)
+        .await
+        .unwrap();
+    ready(&client, ns).await;
+    let a = pods_on(&client, ns, &node).await;
+    let a_name = names(&a).into_iter().find(|n| n.starts_with("a-")).unwrap();
+    let mut cmd = tokio::process::Command::new(baton_bin().unwrap());
+    cmd.args([
+        "drain",
+        &node,
+        "--force",
+        "--drain-parallelism=1",
+        "--drain-timeout=60s",
+    ])
+    .env("KUBECONFIG", cluster.kubeconfig())
+    .kill_on_drop(true);
+    let running = cmd.output();
+    let choreography = async {
+        // Once "a" has been refused (429), delete "b" by hand, then let "a" go.
+        wait_for("a refused eviction of a", TIMEOUT, || async {
+            let audit = std::fs::read_to_string(cluster.audit_log())?;
+            Ok(audit
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|v| {
+                    v["objectRef"]["subresource"] == "eviction"
+                        && v["objectRef"]["name"] == a_name.as_str()
+                        && v["responseStatus"]["code"] == 429
+                })
+                .then_some(()))
+        })
+        .await
+        .unwrap();
+        Api::<Pod>::namespaced(client.clone(), ns)
+            .delete("b", &DeleteParams::default())
+            .await
+            .unwrap();
+        fixtures::wait_ready_pods(&client, ns, "app=b", 0)
+            .await
+            .unwrap();
+        Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+            .patch(
+                "a",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"maxUnavailable": 1}})),
+            )
+            .await
+            .unwrap();
+    };
+    let (out, ()) = tokio::join!(running, choreography);
+    let out = out.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 evicted"),
+        "only a was evicted: {}",
+        text(&out)
+    );
+    assert!(pods_on(&client, ns, &node).await.is_empty());
+}
+
+#[tokio::test]
 async fn disable_eviction_deletes_through_a_blocking_pdb() {
     let cluster = shared_audited();
     let ns = "drain-noevict";
