@@ -24,7 +24,7 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 # The checksum database is not reachable from every machine; the proxy is.
 export GOSUMDB=${GOSUMDB:-off}
 
-k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler)
+k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 all_bins=(etcd "${k8s_bins[@]}" kwok)
 
 say() { printf '[control-plane] %s\n' "$*" >&2; }

@@ -103,6 +103,12 @@ impl SimNode {
         })
     }
 
+    /// Makes the agent authenticate with `kubeconfig` (e.g. a ServiceAccount token) from its
+    /// next start on.
+    pub fn use_kubeconfig(&mut self, kubeconfig: &Path) {
+        self.kubeconfig = kubeconfig.to_path_buf();
+    }
+
     /// The host folder.
     pub fn dir(&self) -> &Path {
         &self.dir

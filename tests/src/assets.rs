@@ -7,11 +7,12 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// The binaries and files every cluster needs.
-pub const REQUIRED: [&str; 6] = [
+pub const REQUIRED: [&str; 7] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "kubectl",
     "kwok",
     "kwok-stages.yaml",
 ];

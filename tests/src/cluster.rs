@@ -43,6 +43,7 @@ pub struct Cluster {
     kubeconfig: PathBuf,
     config: Config,
     api_port: u16,
+    assets: PathBuf,
     processes: Mutex<Vec<Process>>,
 }
 
@@ -258,6 +259,7 @@ impl Cluster {
             _tempdir: Some(tempdir),
             kubeconfig: kubeconfig.clone(),
             api_port,
+            assets: assets.clone(),
             processes: Mutex::new(Vec::new()),
         };
         let bin = |name: &str| assets.join(name);
@@ -468,6 +470,22 @@ impl Cluster {
     /// The admin kubeconfig (token auth, cluster-admin).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// A `kubectl` (built with the control plane) pointed at this cluster as the admin.
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new(self.assets.join("kubectl"));
+        c.env("KUBECONFIG", &self.kubeconfig);
+        c
+    }
+
+    /// Writes a kubeconfig that authenticates with `token` (e.g. a ServiceAccount's).
+    pub fn kubeconfig_for_token(&self, name: &str, token: &str) -> Result<PathBuf> {
+        let path = self.dir.join(format!("{name}.kubeconfig"));
+        let text = std::fs::read_to_string(&self.kubeconfig)?
+            .replace(&format!("token: {ADMIN_TOKEN}"), &format!("token: {token}"));
+        std::fs::write(&path, text)?;
+        Ok(path)
     }
 
     /// The cluster's temporary directory (logs, PKI, etcd data).
