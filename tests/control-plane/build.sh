@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane used by baton's tests (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, kwok) from the Go module proxy, into a cache
-# outside the clone keyed by version and by this recipe's hash. Builds only what is missing.
+# kube-controller-manager, kube-scheduler, kwok; plus kubectl and helm for the install tests)
+# from the Go module proxy, into a cache outside the clone keyed by version and by each
+# component's recipe. Builds only what is missing.
 #
 # Usage: tests/control-plane/build.sh            build what is missing, print the assets dir last
 #        tests/control-plane/build.sh --check    print the assets dir if complete, else exit 1
@@ -25,7 +26,7 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 export GOSUMDB=${GOSUMDB:-off}
 
 k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-all_bins=(etcd "${k8s_bins[@]}" kwok)
+all_bins=(etcd "${k8s_bins[@]}" kwok helm)
 
 say() { printf '[control-plane] %s\n' "$*" >&2; }
 
@@ -117,6 +118,14 @@ build_kwok() {
   GOBIN=$dir go install -trimpath -ldflags='-s -w' "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 }
 
+build_helm() {
+  local dir=$helm_dir
+  [[ -x $dir/helm ]] && return 0
+  mkdir -p "$dir"
+  # Helm's module has no replace directives: a plain `go install` works.
+  GOBIN=$dir go install -trimpath -ldflags='-s -w' "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
 build_kwok_stages() {
   local dir=$kwok_dir
   [[ -s $dir/kwok-stages.yaml ]] && return 0
@@ -143,7 +152,8 @@ key() { printf '%s\n' "$settings" "$(declare -f "$@")" | sha256sum | cut -c1-12;
 etcd_dir=$cache/etcd-$ETCD_VERSION-$(key build_etcd)
 k8s_dir=$cache/kubernetes-$KUBERNETES_VERSION-$(key build_kubernetes)
 kwok_dir=$cache/kwok-$KWOK_VERSION-$(key build_kwok build_kwok_stages)
-assets=$cache/assets-$(printf '%s\n' "$etcd_dir" "$k8s_dir" "$kwok_dir" "${KUBEBUILDER_ASSETS:-}" \
+helm_dir=$cache/helm-$HELM_VERSION-$(key build_helm)
+assets=$cache/assets-$(printf '%s\n' "$etcd_dir" "$k8s_dir" "$kwok_dir" "$helm_dir" "${KUBEBUILDER_ASSETS:-}" \
   "${BATON_K8S_BIN_DIR:-}" | sha256sum | cut -c1-12)
 
 if [[ ${1:-} == --check ]]; then
@@ -171,6 +181,9 @@ done
 if [[ -n $(override_for kwok) ]]; then link "$(override_for kwok)"; say "kwok: using $(override_for kwok)"
 else timed "kwok $KWOK_VERSION" build_kwok; link "$kwok_dir/kwok"; fi
 timed "kwok $KWOK_VERSION stages" build_kwok_stages
+
+if [[ -n $(override_for helm) ]]; then link "$(override_for helm)"; say "helm: using $(override_for helm)"
+else timed "helm $HELM_VERSION" build_helm; link "$helm_dir/helm"; fi
 link "$kwok_dir/kwok-stages.yaml"
 
 for b in "${all_bins[@]}"; do

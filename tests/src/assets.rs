@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// The binaries and files every cluster needs.
-pub const REQUIRED: [&str; 7] = [
+pub const REQUIRED: [&str; 8] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
@@ -15,6 +15,7 @@ pub const REQUIRED: [&str; 7] = [
     "kubectl",
     "kwok",
     "kwok-stages.yaml",
+    "helm",
 ];
 
 /// The directory holding the control-plane binaries.

@@ -479,6 +479,13 @@ impl Cluster {
         c
     }
 
+    /// A `helm` (built with the control plane) pointed at this cluster as the admin.
+    pub fn helm(&self) -> Command {
+        let mut c = Command::new(self.assets.join("helm"));
+        c.env("KUBECONFIG", &self.kubeconfig);
+        c
+    }
+
     /// Writes a kubeconfig that authenticates with `token` (e.g. a ServiceAccount's).
     pub fn kubeconfig_for_token(&self, name: &str, token: &str) -> Result<PathBuf> {
         let path = self.dir.join(format!("{name}.kubeconfig"));

@@ -29,12 +29,24 @@ fn manifests(variant: &str) -> PathBuf {
 }
 
 fn kubectl(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> String {
-    let mut cmd = cluster.kubectl();
+    run(cluster.kubectl(), args, stdin)
+}
+
+fn helm(cluster: &Cluster, args: &[&str]) -> String {
+    run(cluster.helm(), args, None)
+}
+
+fn chart() -> String {
+    manifests("helm/baton").display().to_string()
+}
+
+fn run(mut cmd: std::process::Command, args: &[&str], stdin: Option<&str>) -> String {
     cmd.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
+    let cmd = format!("{:?} {args:?}", cmd.get_program());
     if let Some(input) = stdin {
         child
             .stdin
@@ -46,7 +58,7 @@ fn kubectl(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> String {
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "kubectl {args:?}: {}",
+        "{cmd}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
@@ -132,8 +144,13 @@ async fn the_manifests_install_and_their_least_privilege_is_enough() {
             .list(&ListParams::default().labels("app.kubernetes.io/name=baton"))
             .await?
             .items;
-        let ready = pods.iter().filter(|p| fixtures::pod_is_ready(p)).count();
-        Ok((ready == names.len()).then_some(pods))
+        let covered = names.iter().all(|n| {
+            pods.iter().any(|p| {
+                fixtures::pod_is_ready(p)
+                    && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(*n)
+            })
+        });
+        Ok(covered.then_some(pods))
     })
     .await
     .unwrap();
@@ -259,4 +276,146 @@ async fn the_manifests_install_and_their_least_privilege_is_enough() {
             s.log()
         );
     }
+}
+
+/// The BATON_* environment of the chart's DaemonSet, rendered with default values.
+fn chart_env(cluster: &Cluster) -> std::collections::BTreeMap<String, Option<String>> {
+    let yaml = helm(
+        cluster,
+        &[
+            "template",
+            "baton-helm",
+            &chart(),
+            "--namespace",
+            "baton-helm",
+        ],
+    );
+    let json = kubectl(
+        cluster,
+        &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+        Some(&yaml),
+    );
+    // One JSON object per rendered document.
+    let ds = serde_json::Deserializer::from_str(&json)
+        .into_iter::<serde_json::Value>()
+        .map(Result::unwrap)
+        .find(|o| o["kind"] == "DaemonSet")
+        .expect("the chart renders a DaemonSet");
+    ds["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e["value"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_helm_chart_has_every_flag_with_the_same_default_and_installs() {
+    use clap::CommandFactory;
+    let cluster = shared();
+    assert!(helm(cluster, &["lint", &chart()]).contains("0 chart(s) failed"));
+
+    // Every `baton agent` flag is a value of the chart, with the binary's default.
+    let env = chart_env(cluster);
+    let cli = baton::config::Cli::command();
+    let agent = cli.find_subcommand("agent").unwrap();
+    // Set from the pod (downward API) or to the host mount, by design.
+    let from_pod = [
+        "BATON_NODE_NAME",
+        "BATON_LOCK_NAMESPACE",
+        "BATON_REBOOT_SENTINEL",
+    ];
+    for arg in agent.get_arguments() {
+        let Some(var) = arg.get_env().and_then(|e| e.to_str()) else {
+            continue;
+        };
+        if from_pod.contains(&var) {
+            assert!(env.contains_key(var), "{var} is set by the chart");
+            continue;
+        }
+        let mut default: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+            default = vec!["false".to_owned()]; // a switch: off unless given
+        }
+        match default.first() {
+            Some(d) => assert_eq!(
+                env.get(var).cloned().flatten().as_deref(),
+                Some(d.as_str()),
+                "chart default of {var}"
+            ),
+            // No default (optional flags): the chart leaves them unset unless given a value.
+            None => assert!(!env.contains_key(var), "{var} is unset by default"),
+        }
+    }
+    for var in env.keys() {
+        assert!(
+            agent
+                .get_arguments()
+                .any(|a| a.get_env().and_then(|e| e.to_str()) == Some(var)),
+            "the chart sets {var}, which no flag reads"
+        );
+    }
+
+    // Server-side dry run, then a real install; the DaemonSet lands on every node.
+    let admin = cluster.client().await.unwrap();
+    let names = ["helm-1", "helm-2"];
+    cluster
+        .add_nodes(&admin, &names, &[("baton.test/group", "helm")])
+        .await
+        .unwrap();
+    kubectl(cluster, &["create", "namespace", "baton-helm"], None);
+    let yaml = helm(
+        cluster,
+        &[
+            "template",
+            "baton-helm",
+            &chart(),
+            "--namespace",
+            "baton-helm",
+        ],
+    );
+    kubectl(
+        cluster,
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        Some(&yaml),
+    );
+    helm(
+        cluster,
+        &[
+            "install",
+            "baton-helm",
+            &chart(),
+            "--namespace",
+            "baton-helm",
+            "--wait=false",
+        ],
+    );
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "baton-helm");
+    let nodes: Api<Node> = Api::all(admin.clone());
+    wait_for(
+        "a pod of the chart's DaemonSet on every node",
+        TIMEOUT,
+        || async {
+            let all_nodes = nodes.list(&ListParams::default()).await?.items.len();
+            let ready = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/instance=baton-helm"))
+                .await?
+                .items
+                .iter()
+                .filter(|p| fixtures::pod_is_ready(p))
+                .count();
+            Ok((ready == all_nodes).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
 }
