@@ -1,8 +1,9 @@
-# A static baton binary (rustls, no OpenSSL) on an empty base image.
+# A static baton binary (musl, rustls, no OpenSSL) on an empty base image.
 # Build: docker build -t baton .   (or: buildah bud -t baton .)
+# tests/image/check.sh runs the same cargo command and builds this final stage with buildah.
 FROM rust:1.95-bookworm AS build
 RUN rustup target add x86_64-unknown-linux-musl \
- && apt-get update && apt-get install -y --no-install-recommends musl-tools \
+ && apt-get update && apt-get install -y --no-install-recommends musl-tools tzdata ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

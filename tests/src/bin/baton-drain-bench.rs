@@ -131,7 +131,8 @@ async fn run(cluster: &Cluster, tool: Tool, node: &str) -> Result<(Duration, usi
     let (start_line, _) = requests(cluster, 0, "-");
     let mut cmd = match tool {
         Tool::Kubectl => {
-            let mut c = tokio::process::Command::new("kubectl");
+            // The kubectl built with the control plane: same version as the API server.
+            let mut c = tokio::process::Command::from(cluster.kubectl());
             c.args([
                 "drain",
                 node,
