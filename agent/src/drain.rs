@@ -853,7 +853,11 @@ impl Drainer {
                 !c.is_empty() && c.iter().all(|p| p.allowed > 0)
             })
         };
-        pdbs.borrow_and_update();
+        // The budget may have risen between the refusal and now: then only the spacing applies.
+        if allows(&pdbs.borrow_and_update()) {
+            tokio::time::sleep_until(attempt + MIN_RETRY_SPACING).await;
+            return;
+        }
         loop {
             tokio::select! {
                 r = pdbs.changed() => {
@@ -907,6 +911,7 @@ fn namespace_terminating(s: &kube::core::Status) -> bool {
         || s.message.contains("being terminated")
 }
 
+#[derive(Debug)]
 enum Removed {
     Evicted,
     Deleted,
@@ -917,6 +922,204 @@ enum Removed {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Exact-call tests of the eviction outcomes the real API server cannot be made to produce
+    /// on demand (a terminating namespace, a transient 503); the rest are end-to-end tests.
+    mod outcomes {
+        use super::*;
+        use http::{Request, Response};
+        use kube::client::Body;
+        use tower_test::mock::{self, Handle};
+
+        type Mock = Handle<Request<Body>, Response<Body>>;
+
+        fn drainer() -> (Drainer, Mock) {
+            let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let client = Client::new(service, "default");
+            let d = Drainer::new(
+                client.clone(),
+                client,
+                "n1",
+                opts(),
+                Metrics::new().unwrap(),
+            );
+            (d, handle)
+        }
+
+        fn status(
+            code: u16,
+            reason: &str,
+            message: &str,
+            causes: serde_json::Value,
+        ) -> Response<Body> {
+            let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "code": code, "reason": reason, "message": message,
+                "details": {"causes": causes}});
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap()
+        }
+
+        fn ok(code: u16) -> Response<Body> {
+            let body =
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": code});
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap()
+        }
+
+        async fn expect(
+            h: &mut Mock,
+            method: &str,
+            path: &str,
+            reply: Response<Body>,
+        ) -> serde_json::Value {
+            let (req, send) = h.next_request().await.expect("a request");
+            assert_eq!(req.method().as_str(), method);
+            assert_eq!(req.uri().path(), path);
+            let body = req.into_body().collect_bytes().await.unwrap();
+            send.send_response(reply);
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
+        }
+
+        fn web() -> PodInfo {
+            pod(
+                json!({"metadata": {"namespace": "ns", "name": "web", "uid": "u1",
+                "ownerReferences": owned("ReplicaSet")}}),
+            )
+        }
+
+        const EVICT: &str = "/api/v1/namespaces/ns/pods/web/eviction";
+        const POD: &str = "/api/v1/namespaces/ns/pods/web";
+
+        #[tokio::test(start_paused = true)]
+        async fn a_terminating_namespace_turns_the_eviction_into_a_delete() {
+            let (d, mut h) = drainer();
+            let pod = web();
+            let (_tx, pdbs) = watch::channel(Some(HashMap::new()));
+            let (progress, _) = watch::channel(Progress::default());
+            let server = async {
+                let sent = expect(&mut h, "POST", EVICT, status(403, "Forbidden",
+                    "pods \"web\" is forbidden: unable to create new content in namespace ns because it is being terminated",
+                    json!([{"reason": "NamespaceTerminating", "field": "metadata.namespace"}]))).await;
+                assert_eq!(sent["deleteOptions"]["preconditions"]["uid"], "u1");
+                expect(&mut h, "DELETE", POD, ok(200)).await;
+            };
+            let (removed, ()) =
+                tokio::join!(d.remove(&pod, Disposition::Evict, pdbs, &progress), server);
+            assert!(matches!(removed, Ok(Removed::Deleted)));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn other_errors_are_retried_with_backoff() {
+            let (d, mut h) = drainer();
+            let pod = web();
+            let (_tx, pdbs) = watch::channel(Some(HashMap::new()));
+            let (progress, _) = watch::channel(Progress::default());
+            let server = async {
+                expect(
+                    &mut h,
+                    "POST",
+                    EVICT,
+                    status(503, "ServiceUnavailable", "etcd leader changed", json!([])),
+                )
+                .await;
+                expect(&mut h, "POST", EVICT, ok(201)).await;
+                Instant::now()
+            };
+            let started = Instant::now();
+            let (removed, second_at) =
+                tokio::join!(d.remove(&pod, Disposition::Evict, pdbs, &progress), server);
+            assert!(matches!(removed, Ok(Removed::Evicted)));
+            assert!(
+                second_at.duration_since(started) >= ERROR_BACKOFF,
+                "no retry before the backoff"
+            );
+            assert!(
+                progress
+                    .borrow()
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("etcd leader changed"))
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_pdb_refusal_is_retried_when_the_budget_allows_but_not_sooner_than_the_spacing() {
+            let (d, mut h) = drainer();
+            let pod = web();
+            let pdb = PdbView {
+                namespace: "ns".into(),
+                name: "web".into(),
+                selector: None,
+                allowed: 0,
+            };
+            let mut view = pdb_view_with_selector(pdb);
+            let (tx, pdbs) =
+                watch::channel(Some(HashMap::from([("ns/web".to_owned(), view.clone())])));
+            let (progress, _) = watch::channel(Progress::default());
+            let server = async {
+                let first = Instant::now();
+                expect(
+                    &mut h,
+                    "POST",
+                    EVICT,
+                    status(
+                        429,
+                        "TooManyRequests",
+                        "Cannot evict pod as it would violate the pod's disruption budget.",
+                        json!([]),
+                    ),
+                )
+                .await;
+                // The budget allows a disruption again: the retry follows, spaced.
+                view.allowed = 1;
+                tx.send_replace(Some(HashMap::from([("ns/web".to_owned(), view.clone())])));
+                expect(&mut h, "POST", EVICT, ok(201)).await;
+                first.elapsed()
+            };
+            let (removed, gap) =
+                tokio::join!(d.remove(&pod, Disposition::Evict, pdbs, &progress), server);
+            assert!(matches!(removed, Ok(Removed::Evicted)));
+            assert!(gap >= MIN_RETRY_SPACING, "spaced: {gap:?}");
+            assert!(
+                gap < PDB_FALLBACK_RETRY,
+                "woken by the budget, not the fallback: {gap:?}"
+            );
+        }
+
+        fn pdb_view_with_selector(mut p: PdbView) -> PdbView {
+            p.selector = Some(serde_json::from_value(json!({"matchLabels": {}})).unwrap());
+            p
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn two_pdbs_fail_the_drain_for_good() {
+            let (d, mut h) = drainer();
+            let pod = web();
+            let (_tx, pdbs) = watch::channel(Some(HashMap::new()));
+            let (progress, _) = watch::channel(Progress::default());
+            let server = expect(
+                &mut h,
+                "POST",
+                EVICT,
+                status(
+                    500,
+                    "InternalError",
+                    "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+                    json!([]),
+                ),
+            );
+            let (removed, _) =
+                tokio::join!(d.remove(&pod, Disposition::Evict, pdbs, &progress), server);
+            assert!(
+                matches!(removed, Err(DrainError::MultiplePdbs { .. })),
+                "{removed:?}"
+            );
+        }
+    }
 
     fn opts() -> Options {
         Options {

@@ -177,20 +177,10 @@ async fn run(cluster: &Cluster, tool: Tool, node: &str) -> Result<(Duration, usi
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let kubectl = std::process::Command::new("kubectl")
-        .args(["version", "--client"])
-        .output();
-    let Ok(version) = kubectl else {
-        bail!("kubectl is not installed: the benchmark compares against it");
-    };
-    println!(
-        "{}",
-        String::from_utf8_lossy(&version.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-    );
     let cluster = Cluster::start_with(Options { audit: true }).await?;
+    let version = cluster.kubectl().args(["version", "--client"]).output()?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    println!("kubectl {}", version.lines().next().unwrap_or("?"));
     let client = cluster.client().await?;
     for (scenario, what, target) in [
         ('a', "100 pods from 10 Deployments, no PDB", 1.0),
