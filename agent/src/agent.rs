@@ -8,6 +8,7 @@ use anyhow::{Context, anyhow};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -21,7 +22,7 @@ use crate::config::AgentArgs;
 use crate::drain::{Drainer, Progress as DrainProgress};
 use crate::flag::{self, Flag, Source};
 use crate::host::{Host, read_boot_id};
-use crate::lease::{LeaseClient, LeaseError, LeaseView, Observer, Record};
+use crate::lease::{HolderNode, LeaseClient, LeaseError, LeaseView, Observer, Record};
 use crate::machine::{self, AbortReason, NodeState, Observation, Phase, Step, Wait};
 use crate::metrics::Metrics;
 use crate::node::{self, Events, Update};
@@ -151,7 +152,7 @@ pub async fn run(
         "node",
     ));
     tasks.spawn(watch_named(
-        Api::<Lease>::namespaced(watch_client, &args.lock_namespace),
+        Api::<Lease>::namespaced(watch_client.clone(), &args.lock_namespace),
         args.lock_name.clone(),
         lease_tx,
         metrics.clone(),
@@ -183,6 +184,9 @@ pub async fn run(
             current: Seen::Unsynced,
         },
         observer: Observer::new(Instant::now()),
+        watch_client: watch_client.clone(),
+        holder: None,
+        holder_node: HolderNode::Unknown,
         source_flag: Flag::Unknown("not checked yet".into()),
         next_check: Instant::now(),
         triggered_at: None,
@@ -341,6 +345,9 @@ struct Agent {
     node: Latest<Node>,
     lease_seen: Latest<Lease>,
     observer: Observer,
+    watch_client: Client,
+    holder: Option<HolderWatch>,
+    holder_node: HolderNode,
     source_flag: Flag,
     next_check: Instant,
     triggered_at: Option<Instant>,
@@ -450,7 +457,24 @@ impl Agent {
         if let Some(t) = self.triggered_at {
             wake = wake.min(t + REBOOT_WAIT);
         }
+        if let Some(t) = self
+            .observer
+            .holder_gone_at(self.holder_node, self.args.lock_holder_not_ready_timeout)
+        {
+            wake = wake.min(t + WAKE_MARGIN);
+        }
+        let holder_changed = async {
+            match self.holder.as_mut() {
+                Some(h) => {
+                    if h.rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
+            () = holder_changed => {}
             r = self.node_rx.changed() => if r.is_err() { tracing::error!("node watch stopped") },
             r = self.lease_rx.changed() => if r.is_err() { tracing::error!("lease watch stopped") },
             () = tokio::time::sleep_until(wake) => {}
@@ -502,9 +526,29 @@ impl Agent {
         };
         let now = Instant::now();
         self.observer.observe(lease_record.as_ref(), now);
-        let view = self
+        let mut view = self
             .observer
             .view(&self.args.node_name, self.args.lock_ttl, now);
+        if let LeaseView::Held { holder, expired } = &mut view {
+            if self.holder.as_ref().is_none_or(|h| h.name != *holder) {
+                self.holder = Some(HolderWatch::start(
+                    &self.watch_client,
+                    holder,
+                    &self.metrics,
+                ));
+            }
+            if let Some(h) = self.holder.as_mut() {
+                self.holder_node = h.observe(now);
+            }
+            let limit = self.args.lock_holder_not_ready_timeout;
+            if !*expired && self.observer.holder_gone(self.holder_node, limit, now) {
+                tracing::warn!(%holder, node = ?self.holder_node, "the lease holder's node is gone: the lease may be taken over");
+                *expired = true;
+            }
+        } else {
+            self.holder = None;
+            self.holder_node = HolderNode::Unknown;
+        }
 
         self.metrics.reboot_required.set(flag.gauge());
         self.metrics
@@ -559,7 +603,11 @@ impl Agent {
                 self.note_wait(&why);
                 Ok(Progress::Wait)
             }
-            Step::Acquire => match self.lease.acquire(self.observer.last()).await {
+            Step::Acquire => match self
+                .lease
+                .acquire(self.observer.last(), owner_of(node).as_ref())
+                .await
+            {
                 Ok(lease) => {
                     tracing::info!(node = %name, "took the lease");
                     self.lease_seen.offer(Seen::Present(Box::new(lease)));
@@ -978,6 +1026,63 @@ impl Agent {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// An owner reference to this Node, for the Lease (deleted with the Node).
+fn owner_of(node: &Node) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: node.metadata.name.clone()?,
+        uid: node.metadata.uid.clone()?,
+        ..OwnerReference::default()
+    })
+}
+
+/// A watch on the current holder's Node, replaced when the holder changes.
+struct HolderWatch {
+    name: String,
+    rx: watch::Receiver<Seen<Node>>,
+    task: tokio::task::JoinHandle<(&'static str, anyhow::Result<()>)>,
+    not_ready_since: Option<Instant>,
+}
+
+impl Drop for HolderWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl HolderWatch {
+    fn start(client: &Client, name: &str, metrics: &Metrics) -> Self {
+        let (tx, rx) = watch::channel(Seen::Unsynced);
+        let task = tokio::spawn(watch_named(
+            Api::<Node>::all(client.clone()),
+            name.to_owned(),
+            tx,
+            metrics.clone(),
+            "holder node",
+        ));
+        Self {
+            name: name.to_owned(),
+            rx,
+            task,
+            not_ready_since: None,
+        }
+    }
+
+    /// What is known of the holder's Node now.
+    fn observe(&mut self, now: Instant) -> HolderNode {
+        match &*self.rx.borrow_and_update() {
+            Seen::Unsynced => HolderNode::Unknown,
+            Seen::Missing => HolderNode::Missing,
+            Seen::Present(n) if node::is_ready(n) => {
+                self.not_ready_since = None;
+                HolderNode::Ready
+            }
+            Seen::Present(_) => HolderNode::NotReadySince(*self.not_ready_since.get_or_insert(now)),
+        }
     }
 }
 

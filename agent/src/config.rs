@@ -93,6 +93,12 @@ pub struct AgentArgs {
     #[arg(long, env = "BATON_LOCK_TTL", default_value = "30m", value_parser = parse_lock_ttl, allow_hyphen_values = true)]
     pub lock_ttl: Duration,
 
+    /// Take over the Lease from a holder whose Node has been NotReady this long without
+    /// renewing (a deleted holder Node frees it at once).
+    #[arg(long, env = "BATON_LOCK_HOLDER_NOT_READY_TIMEOUT", default_value = "15m",
+          value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub lock_holder_not_ready_timeout: Duration,
+
     /// How to drain.
     #[command(flatten)]
     pub drain: DrainArgs,
@@ -169,6 +175,12 @@ pub struct DrainCommand {
     /// The node to cordon and drain.
     #[arg(value_parser = parse_dns_subdomain)]
     pub node: String,
+
+    /// Take over the Lease from a holder whose Node has been NotReady this long without
+    /// renewing (a deleted holder Node frees it at once).
+    #[arg(long, env = "BATON_LOCK_HOLDER_NOT_READY_TIMEOUT", default_value = "15m",
+          value_parser = parse_positive_duration, allow_hyphen_values = true)]
+    pub lock_holder_not_ready_timeout: Duration,
 
     /// How to drain.
     #[command(flatten)]

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::time::Instant;
@@ -130,6 +130,42 @@ impl Observer {
     }
 }
 
+/// What this agent knows of the holder's Node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderNode {
+    /// Not looked at yet.
+    Unknown,
+    /// The Node does not exist (deleted).
+    Missing,
+    /// The Node is Ready.
+    Ready,
+    /// The Node has been NotReady since this instant (local monotonic clock).
+    NotReadySince(Instant),
+}
+
+impl Observer {
+    /// Whether the Lease's holder is gone for good: its Node was deleted, or it has been
+    /// NotReady for longer than `not_ready_limit` with no renewal seen meanwhile. Such a Lease
+    /// may be taken before its TTL (a stuck lock is the first complaint about kured).
+    pub fn holder_gone(&self, node: HolderNode, not_ready_limit: Duration, now: Instant) -> bool {
+        match node {
+            HolderNode::Missing => true,
+            HolderNode::NotReadySince(since) => {
+                now.duration_since(since.max(self.changed_at)) > not_ready_limit
+            }
+            HolderNode::Unknown | HolderNode::Ready => false,
+        }
+    }
+
+    /// When [`Observer::holder_gone`] would turn true for a NotReady holder.
+    pub fn holder_gone_at(&self, node: HolderNode, not_ready_limit: Duration) -> Option<Instant> {
+        match node {
+            HolderNode::NotReadySince(since) => Some(since.max(self.changed_at) + not_ready_limit),
+            _ => None,
+        }
+    }
+}
+
 /// Why a Lease write did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -186,7 +222,14 @@ impl LeaseClient {
 
     /// Takes the Lease if it is free, ours, or still exactly as `judged` (the record this agent
     /// judged expired). Returns the new Lease.
-    pub async fn acquire(&self, judged: Option<&Record>) -> Result<Lease, LeaseError> {
+    pub async fn acquire(
+        &self,
+        judged: Option<&Record>,
+        owner: Option<&OwnerReference>,
+    ) -> Result<Lease, LeaseError> {
+        // Owned by the holder's Node: if the Node is deleted, the garbage collector deletes the
+        // Lease and nobody waits for a holder that will never come back.
+        let owners = owner.map(|o| vec![o.clone()]);
         for _ in 0..CONFLICT_RETRIES {
             let current = self.api.get_opt(&self.name).await?;
             let result = match current {
@@ -194,6 +237,7 @@ impl LeaseClient {
                     let lease = Lease {
                         metadata: ObjectMeta {
                             name: Some(self.name.clone()),
+                            owner_references: owners.clone(),
                             ..Default::default()
                         },
                         spec: Some(self.spec(None, 0)),
@@ -225,6 +269,7 @@ impl LeaseClient {
                         .filter(|_| already_mine);
                     let mut next = lease.clone();
                     next.spec = Some(self.spec(acquired, transitions + i32::from(!already_mine)));
+                    next.metadata.owner_references = owners.clone();
                     self.api
                         .replace(&self.name, &PostParams::default(), &next)
                         .await
@@ -298,6 +343,7 @@ impl LeaseClient {
                 spec.acquire_time = None;
                 spec.renew_time = None;
             }
+            lease.metadata.owner_references = None;
             match self
                 .api
                 .replace(&self.name, &PostParams::default(), &lease)
@@ -371,6 +417,27 @@ mod tests {
         );
         assert_eq!(o.expires_at("a", TTL), None);
         assert!(!LeaseView::Mine.may_take());
+    }
+
+    #[test]
+    fn a_deleted_or_long_not_ready_holder_is_gone_before_its_ttl() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let limit = Duration::from_secs(600);
+        let mut o = Observer::new(t0);
+        o.observe(Some(&rec(Some("b"), "r1")), t0);
+        assert!(o.holder_gone(HolderNode::Missing, limit, t0));
+        assert!(!o.holder_gone(HolderNode::Ready, limit, at(3600)));
+        assert!(!o.holder_gone(HolderNode::Unknown, limit, at(3600)));
+        // NotReady since 100 s: gone 600 s later...
+        let nr = HolderNode::NotReadySince(at(100));
+        assert!(!o.holder_gone(nr, limit, at(700)));
+        assert!(o.holder_gone(nr, limit, at(701)));
+        assert_eq!(o.holder_gone_at(nr, limit), Some(at(700)));
+        // ...unless it renewed meanwhile (a NotReady node whose agent still runs).
+        o.observe(Some(&rec(Some("b"), "r2")), at(650));
+        assert!(!o.holder_gone(nr, limit, at(701)));
+        assert!(o.holder_gone(nr, limit, at(1251)));
     }
 
     #[test]

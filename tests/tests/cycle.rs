@@ -499,9 +499,12 @@ async fn set_lease(client: &Client, ns: &str, holder: &str, seconds: i32) {
 async fn a_holder_that_stopped_renewing_loses_the_lease_after_its_ttl() {
     let cluster = shared();
     let ns = "cycle-ttl";
-    let (client, names) = setup(cluster, ns, 1).await;
-    // A holder whose node died: it will never renew or release.
-    set_lease(&client, ns, "ghost-node", 6).await;
+    let (client, names) = setup(cluster, ns, 2).await;
+    // A holder whose agent stopped (its Node is still there and Ready): it will never renew or
+    // release, and only the TTL frees the lease.
+    let ghost = names[1].clone();
+    let names = names[..1].to_vec();
+    set_lease(&client, ns, &ghost, 6).await;
     let rec = Recorder::new();
     rec.lease(&client, ns, "baton");
     let mut nodes = sims(cluster, ns, &names, Method::Command, &[]);
@@ -510,7 +513,7 @@ async fn a_holder_that_stopped_renewing_loses_the_lease_after_its_ttl() {
     // Ready means the lease was seen; its 6 s have not passed on the agent's clock yet.
     assert_eq!(
         lease_holder(&client, ns).await.as_deref(),
-        Some("ghost-node")
+        Some(ghost.as_str())
     );
     let driven = drive(cluster, &client, &mut nodes, 1, ROLLOUT)
         .await
@@ -533,7 +536,7 @@ async fn a_holder_that_stopped_renewing_loses_the_lease_after_its_ttl() {
     });
     assert_eq!(
         holders,
-        [Some("ghost-node".to_owned()), Some(names[0].clone()), None],
+        [Some(ghost.clone()), Some(names[0].clone()), None],
         "taken over from the silent holder, then released"
     );
 }
@@ -628,6 +631,119 @@ async fn a_dry_run_drains_and_uncordons_without_rebooting_once_per_boot() {
             .unwrap(),
         Some(1.0)
     );
+}
+
+#[tokio::test]
+async fn deleting_the_holders_node_frees_the_lock_long_before_its_ttl() {
+    let cluster = shared();
+    let ns = "cycle-deleted";
+    let (client, names) = setup(cluster, ns, 2).await;
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    // Node 2 is cordoned by hand, so the pod lands on node 1, where a PDB blocks its drain.
+    nodes_api
+        .patch(
+            &names[1],
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
+    fixtures::create_nginx(&client, ns, 1, ns, Some(json!({"maxUnavailable": 0})))
+        .await
+        .unwrap();
+    let mut nodes = sims(cluster, ns, &names, Method::Command, &[]);
+    flag_and_start(&mut nodes[..1]);
+    let phase = |n: &Node| baton_annotations(n).get("baton.dev/phase").cloned();
+    wait_for("node 1 stuck draining", SETTLE, || async {
+        Ok((phase(&nodes_api.get(&names[0]).await?).as_deref() == Some("draining")).then_some(()))
+    })
+    .await
+    .unwrap();
+    flag_and_start(&mut nodes[1..]);
+    nodes[1].wait_ready(SETTLE).await.unwrap();
+    assert_eq!(
+        lease_holder(&client, ns).await.as_deref(),
+        Some(names[0].as_str())
+    );
+
+    // The holder's node disappears for good (its agent pod with it).
+    nodes[0].kill();
+    nodes_api
+        .delete(&names[0], &Default::default())
+        .await
+        .unwrap();
+    let deleted = tokio::time::Instant::now();
+    // The lease TTL here is 30 s: node 2 must not wait for it.
+    wait_for(
+        "node 2 to start its cycle",
+        Duration::from_secs(20),
+        || async {
+            Ok(
+                (phase(&nodes_api.get(&names[1]).await?).as_deref() == Some("draining"))
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", nodes[1].log()));
+    println!(
+        "lock freed and taken {:?} after the holder's node was deleted",
+        deleted.elapsed()
+    );
+    drive(cluster, &client, &mut nodes[1..], 1, ROLLOUT)
+        .await
+        .unwrap();
+    wait_clean(&client, ns, &names[1..], &[names[1].as_str()]).await;
+}
+
+#[tokio::test]
+async fn a_holder_not_ready_for_too_long_without_renewing_loses_the_lock() {
+    let cluster = shared();
+    let ns = "cycle-notready";
+    let (client, names) = setup(cluster, ns, 2).await;
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    nodes_api
+        .patch(
+            &names[1],
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
+    fixtures::create_nginx(&client, ns, 1, ns, Some(json!({"maxUnavailable": 0})))
+        .await
+        .unwrap();
+    let mut nodes = sims(
+        cluster,
+        ns,
+        &names,
+        Method::Command,
+        &["--lock-holder-not-ready-timeout=3s"],
+    );
+    flag_and_start(&mut nodes[..1]);
+    let phase = |n: &Node| baton_annotations(n).get("baton.dev/phase").cloned();
+    wait_for("node 1 stuck draining", SETTLE, || async {
+        Ok((phase(&nodes_api.get(&names[0]).await?).as_deref() == Some("draining")).then_some(()))
+    })
+    .await
+    .unwrap();
+    flag_and_start(&mut nodes[1..]);
+    nodes[1].wait_ready(SETTLE).await.unwrap();
+    // The holder dies: its node goes NotReady and nothing renews the lease any more.
+    nodes[0].kill();
+    cluster.node_down(&client, &names[0]).await.unwrap();
+    let down = tokio::time::Instant::now();
+    wait_for("node 2 to take over", Duration::from_secs(20), || async {
+        Ok((lease_holder(&client, ns).await.as_deref() == Some(names[1].as_str())).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", nodes[1].log()));
+    let took = down.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "not before the limit: {took:?}"
+    );
+    println!("lock taken over {took:?} after the holder's node went NotReady");
 }
 
 #[test]
