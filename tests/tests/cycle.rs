@@ -97,6 +97,44 @@ async fn wait_clean(client: &Client, ns: &str, names: &[String], cordoned: &[&st
     .unwrap();
 }
 
+/// Two nodes: node 2 cordoned by hand (so the one nginx pod lands on node 1), a PDB that never
+/// allows its eviction, and node 1's agent stuck draining while it holds the lease.
+async fn stuck_draining(
+    cluster: &Cluster,
+    ns: &str,
+    extra: &[&str],
+) -> (Client, Vec<String>, Vec<SimNode>) {
+    let (client, names) = setup(cluster, ns, 2).await;
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    nodes_api
+        .patch(
+            &names[1],
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
+    fixtures::create_nginx(&client, ns, 1, ns, Some(json!({"maxUnavailable": 0})))
+        .await
+        .unwrap();
+    let mut nodes = sims(cluster, ns, &names, Method::Command, extra);
+    flag_and_start(&mut nodes[..1]);
+    wait_for("node 1 stuck draining", SETTLE, || async {
+        Ok((phase(&nodes_api.get(&names[0]).await?).as_deref() == Some("draining")).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        lease_holder(&client, ns).await.as_deref(),
+        Some(names[0].as_str())
+    );
+    (client, names, nodes)
+}
+
+fn phase(n: &Node) -> Option<String> {
+    baton_annotations(n).get("baton.dev/phase").cloned()
+}
+
 async fn node_events(client: &Client, node: &str) -> Vec<Event> {
     Api::<Event>::all(client.clone())
         .list(&ListParams::default().fields(&format!("involvedObject.name={node}")))
@@ -271,48 +309,12 @@ async fn seed_scenario_keeps_the_service_up() {
 async fn killed_agents_resume_to_a_correct_finish() {
     let cluster = shared();
     let ns = "cycle-kill";
-    let (client, names) = setup(cluster, ns, 2).await;
+    // Node 2 was cordoned by hand before the cycle: it must stay cordoned. A PDB that forbids
+    // any eviction keeps node 1's drain going until it is relaxed.
+    let (client, names, mut nodes) = stuck_draining(cluster, ns, &[]).await;
     let nodes_api: Api<Node> = Api::all(client.clone());
-    // Node 2 was cordoned by hand before the cycle: it must stay cordoned.
-    nodes_api
-        .patch(
-            &names[1],
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
-        )
-        .await
-        .unwrap();
-    // A PDB that forbids any eviction keeps node 1's drain going until it is relaxed.
-    fixtures::create_nginx(&client, ns, 1, ns, Some(json!({"maxUnavailable": 0})))
-        .await
-        .unwrap();
-    let pod_node = fixtures::wait_ready_pods(&client, ns, "app=nginx", 1)
-        .await
-        .unwrap()[0]
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .unwrap();
-    assert_eq!(pod_node, names[0], "the only schedulable node gets the pod");
-
-    let mut nodes = sims(cluster, ns, &names, Method::Command, &[]);
-    nodes[0].flag().unwrap();
-    nodes[0].start().unwrap();
-    wait_for("node 1 to be draining", SETTLE, || async {
-        let n = nodes_api.get(&names[0]).await?;
-        Ok(baton_annotations(&n)
-            .get("baton.dev/phase")
-            .is_some_and(|p| p == "draining")
-            .then_some(()))
-    })
-    .await
-    .unwrap();
     // SIGKILL mid-drain, then let the drain succeed and restart.
     nodes[0].kill();
-    assert_eq!(
-        lease_holder(&client, ns).await.as_deref(),
-        Some(names[0].as_str())
-    );
     Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
         .patch(
             "nginx",
@@ -637,28 +639,8 @@ async fn a_dry_run_drains_and_uncordons_without_rebooting_once_per_boot() {
 async fn deleting_the_holders_node_frees_the_lock_long_before_its_ttl() {
     let cluster = shared();
     let ns = "cycle-deleted";
-    let (client, names) = setup(cluster, ns, 2).await;
+    let (client, names, mut nodes) = stuck_draining(cluster, ns, &[]).await;
     let nodes_api: Api<Node> = Api::all(client.clone());
-    // Node 2 is cordoned by hand, so the pod lands on node 1, where a PDB blocks its drain.
-    nodes_api
-        .patch(
-            &names[1],
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
-        )
-        .await
-        .unwrap();
-    fixtures::create_nginx(&client, ns, 1, ns, Some(json!({"maxUnavailable": 0})))
-        .await
-        .unwrap();
-    let mut nodes = sims(cluster, ns, &names, Method::Command, &[]);
-    flag_and_start(&mut nodes[..1]);
-    let phase = |n: &Node| baton_annotations(n).get("baton.dev/phase").cloned();
-    wait_for("node 1 stuck draining", SETTLE, || async {
-        Ok((phase(&nodes_api.get(&names[0]).await?).as_deref() == Some("draining")).then_some(()))
-    })
-    .await
-    .unwrap();
     flag_and_start(&mut nodes[1..]);
     nodes[1].wait_ready(SETTLE).await.unwrap();
     assert_eq!(
@@ -700,33 +682,8 @@ async fn deleting_the_holders_node_frees_the_lock_long_before_its_ttl() {
 async fn a_holder_not_ready_for_too_long_without_renewing_loses_the_lock() {
     let cluster = shared();
     let ns = "cycle-notready";
-    let (client, names) = setup(cluster, ns, 2).await;
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    nodes_api
-        .patch(
-            &names[1],
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
-        )
-        .await
-        .unwrap();
-    fixtures::create_nginx(&client, ns, 1, ns, Some(json!({"maxUnavailable": 0})))
-        .await
-        .unwrap();
-    let mut nodes = sims(
-        cluster,
-        ns,
-        &names,
-        Method::Command,
-        &["--lock-holder-not-ready-timeout=3s"],
-    );
-    flag_and_start(&mut nodes[..1]);
-    let phase = |n: &Node| baton_annotations(n).get("baton.dev/phase").cloned();
-    wait_for("node 1 stuck draining", SETTLE, || async {
-        Ok((phase(&nodes_api.get(&names[0]).await?).as_deref() == Some("draining")).then_some(()))
-    })
-    .await
-    .unwrap();
+    let (client, names, mut nodes) =
+        stuck_draining(cluster, ns, &["--lock-holder-not-ready-timeout=3s"]).await;
     flag_and_start(&mut nodes[1..]);
     nodes[1].wait_ready(SETTLE).await.unwrap();
     // The holder dies: its node goes NotReady and nothing renews the lease any more.
