@@ -2,6 +2,7 @@
 //! [`machine::next_step`] what to do, and carries the step out. Every background task is
 //! supervised: if one ends, the agent exits (and the DaemonSet restarts it).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow};
@@ -184,6 +185,7 @@ pub async fn run(
             current: Seen::Unsynced,
         },
         observer: Observer::new(Instant::now()),
+        window: args.window(),
         watch_client: watch_client.clone(),
         holder: None,
         holder_node: HolderNode::Unknown,
@@ -345,6 +347,7 @@ struct Agent {
     node: Latest<Node>,
     lease_seen: Latest<Lease>,
     observer: Observer,
+    window: crate::window::Window,
     watch_client: Client,
     holder: Option<HolderWatch>,
     holder_node: HolderNode,
@@ -556,6 +559,9 @@ impl Agent {
             .set(i64::from(view == LeaseView::Mine));
         self.metrics.set_phase(state.phase);
 
+        let gate = self.gate(&annotations);
+        self.show_gate(&annotations, &flag, gate.as_deref()).await;
+
         let step = machine::next_step(&Observation {
             flag: &flag,
             state: &state,
@@ -565,9 +571,66 @@ impl Agent {
             lease: &view,
             now: SystemTime::now(),
             max_reboot_attempts: self.args.max_reboot_attempts,
+            gate: gate.as_deref(),
         });
         tracing::debug!(?step, phase = state.phase.as_str(), ?view, "decided");
         self.act(step, &node, &state, &boot_id, &flag).await
+    }
+
+    /// Why no new cycle may start now, if so: a cluster-wide pause (annotation on the Lease), a
+    /// pause of this node, or the reboot window. Also sets the matching gauges.
+    fn gate(&self, node_annotations: &BTreeMap<String, String>) -> Option<String> {
+        let cluster = match &self.lease_seen.current {
+            Seen::Present(l) => l
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(node::PAUSE).cloned()),
+            _ => None,
+        };
+        let here = node_annotations.get(node::PAUSE).cloned();
+        let window = self.window.check(jiff::Timestamp::now());
+        self.metrics
+            .paused
+            .with_label_values(&["cluster"])
+            .set(i64::from(cluster.is_some()));
+        self.metrics
+            .paused
+            .with_label_values(&["node"])
+            .set(i64::from(here.is_some()));
+        self.metrics.in_window.set(i64::from(window.is_ok()));
+        if let Some(r) = cluster {
+            Some(format!(
+                "paused cluster-wide ({} on the Lease): {r}",
+                node::PAUSE
+            ))
+        } else if let Some(r) = here {
+            Some(format!("paused on this node ({}): {r}", node::PAUSE))
+        } else {
+            window.err().map(|c| c.to_string())
+        }
+    }
+
+    /// Shows on the Node why a flagged node waits (window or pause), and clears it after; a
+    /// write only when the reason changes.
+    async fn show_gate(
+        &mut self,
+        annotations: &BTreeMap<String, String>,
+        flag: &Flag,
+        gate: Option<&str>,
+    ) {
+        let want = gate.filter(|_| matches!(flag, Flag::Required(_)));
+        if annotations.get(node::WAITING).map(String::as_str) == want {
+            return;
+        }
+        let mut update = Update::default();
+        update.annotations.insert(
+            node::WAITING.into(),
+            want.map_or(Value::Null, |w| Value::String(w.to_owned())),
+        );
+        if let Err(e) = self.write(update, "showing why the node waits").await {
+            tracing::debug!(error = format!("{e:#}"), "could not show the wait reason");
+        }
     }
 
     fn note_wait(&mut self, why: &str) {
@@ -599,6 +662,7 @@ impl Agent {
                     }
                     Wait::FlagPersists => "the flag persists after repeated reboots".to_owned(),
                     Wait::NodeNotReady => "rebooted; waiting for the node to be Ready".to_owned(),
+                    Wait::Gated(why) => why.clone(),
                 };
                 self.note_wait(&why);
                 Ok(Progress::Wait)

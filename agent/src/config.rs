@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::drain::{Options as DrainOptions, TimeoutAction};
+use crate::window::{self, Window};
 
 /// baton: drain, reboot and uncordon this node, one node at a time.
 #[derive(Debug, Parser)]
@@ -99,6 +100,28 @@ pub struct AgentArgs {
           value_parser = parse_positive_duration, allow_hyphen_values = true)]
     pub lock_holder_not_ready_timeout: Duration,
 
+    /// Days on which a reboot may start (`su,mo,tu,we,th,fr,sa`, or full names).
+    #[arg(long, env = "BATON_REBOOT_DAYS", default_value = "su,mo,tu,we,th,fr,sa",
+          value_parser = parse_days)]
+    pub reboot_days: Days,
+
+    /// Time of day from which a reboot may start (`HH:MM[:SS]`, in --time-zone).
+    #[arg(long, env = "BATON_START_TIME", default_value = "0:00", value_parser = window::parse_time)]
+    pub start_time: jiff::civil::Time,
+
+    /// Time of day until which a reboot may start; before --start-time, the window crosses
+    /// midnight and belongs to the day it starts.
+    #[arg(long, env = "BATON_END_TIME", default_value = "23:59:59", value_parser = window::parse_time)]
+    pub end_time: jiff::civil::Time,
+
+    /// Time zone of the window: an IANA name (`Europe/Berlin`), `UTC`, or `Local`.
+    #[arg(long, env = "BATON_TIME_ZONE", default_value = "UTC", value_parser = window::parse_tz)]
+    pub time_zone: jiff::tz::TimeZone,
+
+    /// Dates on which no reboot starts (`YYYY-MM-DD,...`, in --time-zone).
+    #[arg(long, env = "BATON_BLACKOUT_DATES", default_value = "", value_parser = parse_dates)]
+    pub blackout_dates: Dates,
+
     /// How to drain.
     #[command(flatten)]
     pub drain: DrainArgs,
@@ -169,6 +192,22 @@ pub struct AgentArgs {
     pub log_level: String,
 }
 
+/// Days of the week (a newtype, so clap takes the list as one value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Days(pub Vec<jiff::civil::Weekday>);
+
+/// Dates (a newtype, so clap takes the list as one value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dates(pub Vec<jiff::civil::Date>);
+
+fn parse_days(s: &str) -> Result<Days, String> {
+    window::parse_days(s).map(Days)
+}
+
+fn parse_dates(s: &str) -> Result<Dates, String> {
+    window::parse_dates(s).map(Dates)
+}
+
 /// `baton drain NODE`.
 #[derive(Debug, Clone, Args)]
 pub struct DrainCommand {
@@ -181,6 +220,28 @@ pub struct DrainCommand {
     #[arg(long, env = "BATON_LOCK_HOLDER_NOT_READY_TIMEOUT", default_value = "15m",
           value_parser = parse_positive_duration, allow_hyphen_values = true)]
     pub lock_holder_not_ready_timeout: Duration,
+
+    /// Days on which a reboot may start (`su,mo,tu,we,th,fr,sa`, or full names).
+    #[arg(long, env = "BATON_REBOOT_DAYS", default_value = "su,mo,tu,we,th,fr,sa",
+          value_parser = parse_days)]
+    pub reboot_days: Days,
+
+    /// Time of day from which a reboot may start (`HH:MM[:SS]`, in --time-zone).
+    #[arg(long, env = "BATON_START_TIME", default_value = "0:00", value_parser = window::parse_time)]
+    pub start_time: jiff::civil::Time,
+
+    /// Time of day until which a reboot may start; before --start-time, the window crosses
+    /// midnight and belongs to the day it starts.
+    #[arg(long, env = "BATON_END_TIME", default_value = "23:59:59", value_parser = window::parse_time)]
+    pub end_time: jiff::civil::Time,
+
+    /// Time zone of the window: an IANA name (`Europe/Berlin`), `UTC`, or `Local`.
+    #[arg(long, env = "BATON_TIME_ZONE", default_value = "UTC", value_parser = window::parse_tz)]
+    pub time_zone: jiff::tz::TimeZone,
+
+    /// Dates on which no reboot starts (`YYYY-MM-DD,...`, in --time-zone).
+    #[arg(long, env = "BATON_BLACKOUT_DATES", default_value = "", value_parser = parse_dates)]
+    pub blackout_dates: Dates,
 
     /// How to drain.
     #[command(flatten)]
@@ -402,6 +463,17 @@ fn parse_dns_subdomain(s: &str) -> Result<String, String> {
 }
 
 impl AgentArgs {
+    /// The reboot window.
+    pub fn window(&self) -> Window {
+        Window::new(
+            &self.reboot_days.0,
+            self.start_time,
+            self.end_time,
+            self.time_zone.clone(),
+            &self.blackout_dates.0,
+        )
+    }
+
     /// How often the holder renews the Lease: three renewals fit in one TTL, so one or two
     /// failed writes never cost the lock; at most every minute, to keep API writes rare.
     pub fn lock_renew_interval(&self) -> Duration {
@@ -527,6 +599,36 @@ mod tests {
         assert_eq!(d.timeout_action, TimeoutAction::Delete);
         let err = parse(&["--node-name", "n1", "--drain-grace-period", "-2"]).unwrap_err();
         assert!(err.contains("--drain-grace-period"), "{err}");
+    }
+
+    #[test]
+    fn window_flags_parse_and_name_themselves_when_wrong() {
+        let a = parse(&[
+            "--node-name",
+            "n1",
+            "--reboot-days",
+            "sat,sun",
+            "--start-time",
+            "22:00",
+            "--end-time",
+            "02:00",
+            "--time-zone",
+            "Europe/Berlin",
+            "--blackout-dates",
+            "2026-12-24",
+        ])
+        .unwrap();
+        assert_eq!(a.reboot_days.0.len(), 2);
+        assert_eq!(a.blackout_dates.0.len(), 1);
+        for (flag, value) in [
+            ("--reboot-days", "someday"),
+            ("--start-time", "25:00"),
+            ("--time-zone", "Nowhere/Land"),
+            ("--blackout-dates", "24.12.2026"),
+        ] {
+            let err = parse(&["--node-name", "n1", flag, value]).unwrap_err();
+            assert!(err.contains(flag) && !err.contains('\n'), "{err}");
+        }
     }
 
     #[test]

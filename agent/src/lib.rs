@@ -20,3 +20,4 @@ pub mod node;
 pub mod reboot;
 pub mod server;
 pub mod shutdown;
+pub mod window;

@@ -77,6 +77,8 @@ pub struct Observation<'a> {
     pub now: SystemTime,
     /// The cap on reboot triggers per boot, and on reboots while the flag persists.
     pub max_reboot_attempts: u32,
+    /// Why no new cycle may start now (outside the window, paused), if so.
+    pub gate: Option<&'a str>,
 }
 
 /// Why the agent is waiting.
@@ -98,6 +100,8 @@ pub enum Wait {
     FlagPersists,
     /// Rebooted; waiting for the Node to be Ready before uncordoning.
     NodeNotReady,
+    /// No new cycle now: outside the reboot window, or paused (the reason).
+    Gated(String),
 }
 
 /// The next step for the shell to carry out.
@@ -219,7 +223,9 @@ pub fn next_step(o: &Observation<'_>) -> Step {
 
 fn idle(o: &Observation<'_>) -> Step {
     let s = o.state;
-    let blocked = if s.backoff_until.is_some_and(|t| o.now < t) {
+    let blocked = if let Some(reason) = o.gate {
+        Some(Wait::Gated(reason.to_owned()))
+    } else if s.backoff_until.is_some_and(|t| o.now < t) {
         Some(Wait::Backoff)
     } else if s.dry_run_boot_id.as_deref() == Some(o.boot_id) {
         Some(Wait::DryRunDone)
@@ -306,6 +312,7 @@ mod tests {
             lease,
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
             max_reboot_attempts: MAX,
+            gate: None,
         })
     }
 
@@ -534,6 +541,40 @@ mod tests {
         assert_eq!(
             step(&Flag::NotRequired, &persists, &LeaseView::Free, BOOT),
             Step::ResetHistory
+        );
+    }
+
+    #[test]
+    fn a_closed_window_or_a_pause_blocks_only_new_cycles() {
+        let gated = |state: &NodeState, lease: &LeaseView| {
+            next_step(&Observation {
+                flag: &required(),
+                state,
+                node_ready: true,
+                node_unschedulable: false,
+                boot_id: BOOT,
+                lease,
+                now: SystemTime::UNIX_EPOCH,
+                max_reboot_attempts: MAX,
+                gate: Some("paused"),
+            })
+        };
+        let idle = NodeState::default();
+        assert_eq!(
+            gated(&idle, &LeaseView::Free),
+            Step::Wait(Wait::Gated("paused".into()))
+        );
+        // Checked again before cordoning: a holder that became gated gives the lease back.
+        assert_eq!(gated(&idle, &LeaseView::Mine), Step::Release);
+        // A cycle in progress finishes.
+        let draining = NodeState {
+            phase: Phase::Draining,
+            ..Default::default()
+        };
+        assert_eq!(gated(&draining, &LeaseView::Mine), Step::Drain);
+        assert_eq!(
+            gated(&rebooting("boot-0", 1), &LeaseView::Free),
+            Step::Finish { uncordon: true }
         );
     }
 

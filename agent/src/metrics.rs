@@ -37,6 +37,10 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Maintenance-flag checks that could not tell, by source.
     pub flag_check_failures: IntCounterVec,
+    /// 1 while paused, by scope (`node`, `cluster`).
+    pub paused: IntGaugeVec,
+    /// 1 while the reboot window is open.
+    pub in_window: IntGauge,
 }
 
 impl Metrics {
@@ -87,6 +91,11 @@ impl Metrics {
                 ),
                 &["source"],
             )?,
+            paused: IntGaugeVec::new(
+                Opts::new("baton_paused", "1 while new cycles are paused, by scope"),
+                &["scope"],
+            )?,
+            in_window: IntGauge::new("baton_in_window", "1 while the reboot window is open")?,
             registry,
         };
         let r = &m.registry;
@@ -100,6 +109,11 @@ impl Metrics {
         r.register(Box::new(m.aborts.clone()))?;
         r.register(Box::new(m.errors.clone()))?;
         r.register(Box::new(m.flag_check_failures.clone()))?;
+        r.register(Box::new(m.paused.clone()))?;
+        r.register(Box::new(m.in_window.clone()))?;
+        for scope in ["node", "cluster"] {
+            m.paused.with_label_values(&[scope]);
+        }
         for p in ["evicted", "gone", "pdb_blocked", "error"] {
             m.evictions.with_label_values(&[p]);
         }

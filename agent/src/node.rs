@@ -18,6 +18,11 @@ use crate::machine::{NodeState, Phase};
 pub const PREFIX: &str = "baton.dev/";
 /// Set by a human (any value, used as the reason) to request a reboot; removed when done.
 pub const REBOOT_REQUESTED: &str = "baton.dev/reboot-requested";
+/// Set by a human (value = reason) on a Node to keep it from starting a cycle, or on the Lease to
+/// pause every node.
+pub const PAUSE: &str = "baton.dev/pause";
+/// Why a flagged node is not starting its cycle (outside the window, paused).
+pub const WAITING: &str = "baton.dev/waiting";
 /// The phase (`draining`, `rebooting`); absent when idle.
 pub const PHASE: &str = "baton.dev/phase";
 /// When the phase began (RFC 3339).

@@ -103,6 +103,11 @@ impl SimNode {
         })
     }
 
+    /// Replaces the extra flags, from the agent's next start on.
+    pub fn set_extra(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+    }
+
     /// Makes the agent authenticate with `kubeconfig` (e.g. a ServiceAccount token) from its
     /// next start on.
     pub fn use_kubeconfig(&mut self, kubeconfig: &Path) {

@@ -703,6 +703,133 @@ async fn a_holder_not_ready_for_too_long_without_renewing_loses_the_lock() {
     println!("lock taken over {took:?} after the holder's node went NotReady");
 }
 
+#[tokio::test]
+async fn outside_the_window_or_paused_a_flagged_node_waits_and_says_why() {
+    let cluster = shared();
+    let ns = "cycle-gate";
+    let (client, names) = setup(cluster, ns, 1).await;
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let waiting = |n: &Node| {
+        n.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("baton.dev/waiting").cloned())
+            .unwrap_or_default()
+    };
+    // A one-minute window six hours from now (UTC): closed for the whole test.
+    let start =
+        jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC) + jiff::Span::new().hours(6);
+    let end = start.clone() + jiff::Span::new().minutes(1);
+    let (start, end) = (
+        start.strftime("%H:%M").to_string(),
+        end.strftime("%H:%M").to_string(),
+    );
+    let closed = [format!("--start-time={start}"), format!("--end-time={end}")];
+    let mut nodes = sims(
+        cluster,
+        ns,
+        &names,
+        Method::Command,
+        &[&closed[0], &closed[1]],
+    );
+    flag_and_start(&mut nodes);
+    let why = wait_for(
+        "the node to say it is outside the window",
+        SETTLE,
+        || async {
+            Ok(Some(waiting(&nodes_api.get(&names[0]).await?))
+                .filter(|w| w.contains("outside the reboot window")))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(why.contains("hours"), "{why}");
+    assert_eq!(nodes[0].metric("baton_in_window").await.unwrap(), Some(0.0));
+    assert_eq!(
+        lease_holder(&client, ns).await,
+        None,
+        "no lease outside the window"
+    );
+
+    // The window opens, but the node is paused by hand, then the whole cluster is.
+    let annotate = |v: Option<&str>| json!({"metadata": {"annotations": {"baton.dev/pause": v}}});
+    nodes_api
+        .patch(
+            &names[0],
+            &PatchParams::default(),
+            &Patch::Merge(annotate(Some("kernel freeze"))),
+        )
+        .await
+        .unwrap();
+    nodes[0].stop().await.unwrap();
+    nodes[0].set_extra(&[]);
+    nodes[0].start().unwrap();
+    nodes[0].wait_ready(SETTLE).await.unwrap();
+    wait_for("the node to say it is paused", SETTLE, || async {
+        Ok(waiting(&nodes_api.get(&names[0]).await?)
+            .contains("kernel freeze")
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    wait_for("baton_paused{{scope=node}} to be 1", SETTLE, || async {
+        Ok(nodes[0]
+            .metric("baton_paused{scope=\"node\"}")
+            .await?
+            .filter(|v| *v == 1.0))
+    })
+    .await
+    .unwrap();
+    set_lease(&client, ns, "", 60).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    leases
+        .patch(
+            "baton",
+            &PatchParams::default(),
+            &Patch::Merge(annotate(Some("change freeze"))),
+        )
+        .await
+        .unwrap();
+    nodes_api
+        .patch(
+            &names[0],
+            &PatchParams::default(),
+            &Patch::Merge(annotate(None)),
+        )
+        .await
+        .unwrap();
+    wait_for("the node to say the cluster is paused", SETTLE, || async {
+        Ok(waiting(&nodes_api.get(&names[0]).await?)
+            .contains("change freeze")
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    wait_for("baton_paused{{scope=cluster}} to be 1", SETTLE, || async {
+        Ok(nodes[0]
+            .metric("baton_paused{scope=\"cluster\"}")
+            .await?
+            .filter(|v| *v == 1.0))
+    })
+    .await
+    .unwrap();
+    assert_eq!(lease_holder(&client, ns).await, None);
+
+    // Lifting the pause lets the cycle run; the wait reason is cleared.
+    leases
+        .patch(
+            "baton",
+            &PatchParams::default(),
+            &Patch::Merge(annotate(None)),
+        )
+        .await
+        .unwrap();
+    drive(cluster, &client, &mut nodes, 1, ROLLOUT)
+        .await
+        .unwrap();
+    wait_clean(&client, ns, &names, &[]).await;
+}
+
 #[test]
 fn bad_flags_exit_non_zero_with_one_clear_line() {
     let bin = baton_tests::agent::baton_bin().unwrap();
