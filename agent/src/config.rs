@@ -215,34 +215,6 @@ pub struct DrainCommand {
     #[arg(value_parser = parse_dns_subdomain)]
     pub node: String,
 
-    /// Take over the Lease from a holder whose Node has been NotReady this long without
-    /// renewing (a deleted holder Node frees it at once).
-    #[arg(long, env = "BATON_LOCK_HOLDER_NOT_READY_TIMEOUT", default_value = "15m",
-          value_parser = parse_positive_duration, allow_hyphen_values = true)]
-    pub lock_holder_not_ready_timeout: Duration,
-
-    /// Days on which a reboot may start (`su,mo,tu,we,th,fr,sa`, or full names).
-    #[arg(long, env = "BATON_REBOOT_DAYS", default_value = "su,mo,tu,we,th,fr,sa",
-          value_parser = parse_days)]
-    pub reboot_days: Days,
-
-    /// Time of day from which a reboot may start (`HH:MM[:SS]`, in --time-zone).
-    #[arg(long, env = "BATON_START_TIME", default_value = "0:00", value_parser = window::parse_time)]
-    pub start_time: jiff::civil::Time,
-
-    /// Time of day until which a reboot may start; before --start-time, the window crosses
-    /// midnight and belongs to the day it starts.
-    #[arg(long, env = "BATON_END_TIME", default_value = "23:59:59", value_parser = window::parse_time)]
-    pub end_time: jiff::civil::Time,
-
-    /// Time zone of the window: an IANA name (`Europe/Berlin`), `UTC`, or `Local`.
-    #[arg(long, env = "BATON_TIME_ZONE", default_value = "UTC", value_parser = window::parse_tz)]
-    pub time_zone: jiff::tz::TimeZone,
-
-    /// Dates on which no reboot starts (`YYYY-MM-DD,...`, in --time-zone).
-    #[arg(long, env = "BATON_BLACKOUT_DATES", default_value = "", value_parser = parse_dates)]
-    pub blackout_dates: Dates,
-
     /// How to drain.
     #[command(flatten)]
     pub drain: DrainArgs,
