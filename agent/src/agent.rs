@@ -193,6 +193,7 @@ pub async fn run(
         next_check: Instant::now(),
         triggered_at: None,
         last_wait: None,
+        preflight_wait: None,
         shutdown,
         args,
     };
@@ -355,6 +356,7 @@ struct Agent {
     next_check: Instant,
     triggered_at: Option<Instant>,
     last_wait: Option<String>,
+    preflight_wait: Option<(String, Instant)>,
     shutdown: Shutdown,
 }
 
@@ -599,6 +601,11 @@ impl Agent {
             .with_label_values(&["node"])
             .set(i64::from(here.is_some()));
         self.metrics.in_window.set(i64::from(window.is_ok()));
+        let preflight = self
+            .preflight_wait
+            .as_ref()
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(why, _)| why.clone());
         if let Some(r) = cluster {
             Some(format!(
                 "paused cluster-wide ({} on the Lease): {r}",
@@ -606,8 +613,10 @@ impl Agent {
             ))
         } else if let Some(r) = here {
             Some(format!("paused on this node ({}): {r}", node::PAUSE))
+        } else if let Some(why) = window.err() {
+            Some(why.to_string())
         } else {
-            window.err().map(|c| c.to_string())
+            preflight
         }
     }
 
@@ -690,7 +699,8 @@ impl Agent {
             Step::Cordon { cordon } => {
                 // Pre-flight: pods that refuse the drain (emptyDir, unmanaged...) stop the cycle
                 // before anything is cordoned, naming them.
-                if let Some(why) = self.drainer.plan().await?.refusal() {
+                let plan = self.drainer.plan().await?;
+                if let Some(why) = plan.refusal() {
                     self.metrics.errors.with_label_values(&["drain"]).inc();
                     return self
                         .abort(
@@ -702,6 +712,21 @@ impl Agent {
                             Some(why),
                         )
                         .await;
+                }
+                // Pre-flight: a budget that allows no disruption now would only make the drain
+                // wait with the node cordoned. Wait with the lease released instead.
+                if self.args.pdb_preflight {
+                    let blocked = self.drainer.blocking_pdbs(&plan).await?;
+                    if !blocked.is_empty() {
+                        let why = format!(
+                            "not cordoning: PodDisruptionBudget {} allows no disruption now",
+                            blocked.join(", ")
+                        );
+                        self.preflight_wait =
+                            Some((why, Instant::now() + self.args.check_interval));
+                        self.release().await?;
+                        return Ok(Progress::Again);
+                    }
                 }
                 let next = NodeState {
                     phase: Phase::Draining,

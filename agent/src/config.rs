@@ -100,6 +100,11 @@ pub struct AgentArgs {
           value_parser = parse_positive_duration, allow_hyphen_values = true)]
     pub lock_holder_not_ready_timeout: Duration,
 
+    /// Before cordoning, wait (with the Lease released) while a PodDisruptionBudget covering a
+    /// pod of this node allows no disruption; `false` starts the drain anyway.
+    #[arg(long, env = "BATON_PDB_PREFLIGHT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pdb_preflight: bool,
+
     /// Days on which a reboot may start (`su,mo,tu,we,th,fr,sa`, or full names).
     #[arg(long, env = "BATON_REBOOT_DAYS", default_value = "su,mo,tu,we,th,fr,sa",
           value_parser = parse_days)]

@@ -291,6 +291,31 @@ pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) 
     labels_ok && exprs_ok
 }
 
+/// The PDBs that allow no disruption right now, with a pod of `pods` each would block: the
+/// pre-flight check before cordoning (a drain started now would only wait on them).
+pub fn blocked_by(pods: &[PodInfo], pdbs: &[PdbView]) -> Vec<String> {
+    let mut out = Vec::new();
+    for pdb in pdbs.iter().filter(|p| p.allowed <= 0) {
+        let covered = pods.iter().find(|pod| {
+            pod.namespace == pdb.namespace
+                && pdb
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| selector_matches(s, &pod.labels))
+        });
+        if let Some(pod) = covered {
+            out.push(format!(
+                "{}/{} (covers {})",
+                pdb.namespace,
+                pdb.name,
+                pod.key()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Why a drain did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
@@ -421,11 +446,15 @@ where
 
 /// A PDB as the drain sees it.
 #[derive(Debug, Clone)]
-struct PdbView {
-    namespace: String,
-    name: String,
-    selector: Option<LabelSelector>,
-    allowed: i32,
+pub struct PdbView {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Its pod selector.
+    pub selector: Option<LabelSelector>,
+    /// `status.disruptionsAllowed`.
+    pub allowed: i32,
 }
 
 fn pdb_key(p: &PodDisruptionBudget) -> String {
@@ -548,6 +577,31 @@ impl Drainer {
             &self.options,
             SystemTime::now(),
         ))
+    }
+
+    /// Pre-flight: the PDBs that currently allow no disruption of a pod this drain would evict.
+    pub async fn blocking_pdbs(&self, plan: &Plan) -> Result<Vec<String>, DrainError> {
+        let evict: Vec<PodInfo> = plan
+            .pods
+            .iter()
+            .filter(|(_, d)| *d == Disposition::Evict)
+            .map(|(p, _)| p.clone())
+            .collect();
+        if evict.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pdbs: Vec<PdbView> = Api::<PodDisruptionBudget>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| DrainError::Api {
+                what: "list PodDisruptionBudgets",
+                source,
+            })?
+            .items
+            .iter()
+            .map(pdb_view)
+            .collect();
+        Ok(blocked_by(&evict, &pdbs))
     }
 
     /// Drains the node, reporting progress on `progress`.
@@ -1268,6 +1322,30 @@ mod tests {
         );
         assert!(!why.contains("b/rs"), "{why}");
         assert_eq!(p.targets().count(), 1);
+    }
+
+    #[test]
+    fn preflight_names_the_budgets_that_allow_no_disruption_now() {
+        let web =
+            pod(json!({"metadata": {"namespace": "a", "name": "web-1", "labels": {"app": "web"}}}));
+        let db =
+            pod(json!({"metadata": {"namespace": "a", "name": "db-1", "labels": {"app": "db"}}}));
+        let pdb = |name: &str, app: &str, allowed: i32| PdbView {
+            namespace: "a".into(),
+            name: name.into(),
+            selector: Some(serde_json::from_value(json!({"matchLabels": {"app": app}})).unwrap()),
+            allowed,
+        };
+        let other_ns = PdbView {
+            namespace: "b".into(),
+            ..pdb("web-b", "web", 0)
+        };
+        let blocked = blocked_by(
+            &[web.clone(), db.clone()],
+            &[pdb("web", "web", 0), pdb("db", "db", 1), other_ns],
+        );
+        assert_eq!(blocked, ["a/web (covers a/web-1)"]);
+        assert!(blocked_by(&[db], &[pdb("web", "web", 0)]).is_empty());
     }
 
     #[test]

@@ -117,7 +117,10 @@ async fn stuck_draining(
     fixtures::create_nginx(&client, ns, 1, ns, Some(json!({"maxUnavailable": 0})))
         .await
         .unwrap();
-    let mut nodes = sims(cluster, ns, &names, Method::Command, extra);
+    // Without the pre-flight check, which would keep the node from starting its drain at all.
+    let mut all = vec!["--pdb-preflight=false"];
+    all.extend_from_slice(extra);
+    let mut nodes = sims(cluster, ns, &names, Method::Command, &all);
     flag_and_start(&mut nodes[..1]);
     wait_for("node 1 stuck draining", SETTLE, || async {
         Ok((phase(&nodes_api.get(&names[0]).await?).as_deref() == Some("draining")).then_some(()))
@@ -359,7 +362,11 @@ async fn a_pdb_that_never_allows_eviction_times_the_drain_out_without_a_reboot()
         ns,
         &names,
         Method::Command,
-        &["--drain-timeout=4s", "--drain-failure-backoff=1h"],
+        &[
+            "--drain-timeout=4s",
+            "--drain-failure-backoff=1h",
+            "--pdb-preflight=false",
+        ],
     );
     nodes[0].flag().unwrap();
     nodes[0].start().unwrap();
@@ -828,6 +835,53 @@ async fn outside_the_window_or_paused_a_flagged_node_waits_and_says_why() {
         .await
         .unwrap();
     wait_clean(&client, ns, &names, &[]).await;
+}
+
+#[tokio::test]
+async fn a_budget_that_allows_no_disruption_keeps_the_node_uncordoned_until_it_does() {
+    let cluster = shared();
+    let ns = "cycle-preflight";
+    let (client, names) = setup(cluster, ns, 1).await;
+    fixtures::create_nginx(&client, ns, 1, ns, Some(json!({"maxUnavailable": 0})))
+        .await
+        .unwrap();
+    let rec = Recorder::new();
+    rec.nodes(&client, &format!("baton.test/group={ns}"));
+    let mut nodes = sims(cluster, ns, &names, Method::Command, &[]);
+    flag_and_start(&mut nodes);
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let why = wait_for("the node to say which budget blocks it", SETTLE, || async {
+        let n = nodes_api.get(&names[0]).await?;
+        Ok(n.metadata
+            .annotations
+            .and_then(|a| a.get("baton.dev/waiting").cloned()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", nodes[0].log()));
+    assert!(
+        why.contains(&format!("{ns}/nginx")) && why.contains("allows no disruption"),
+        "{why}"
+    );
+    // It keeps checking (a fresh lease each time) but never cordons while the budget is at 0.
+    wait_for("a second pre-flight check", SETTLE, || async {
+        Ok((nodes[0].log().matches("released the lease").count() >= 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    rec.with(|r| assert_eq!(r.max_in_cycle, 0, "never cordoned or drained"));
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+        .patch(
+            "nginx",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maxUnavailable": 1}})),
+        )
+        .await
+        .unwrap();
+    drive(cluster, &client, &mut nodes, 1, ROLLOUT)
+        .await
+        .unwrap();
+    wait_clean(&client, ns, &names, &[]).await;
+    rec.stop();
 }
 
 #[test]

@@ -591,7 +591,14 @@ async fn the_agent_shows_drain_progress_on_the_node() {
         .await
         .unwrap();
     ready(&client, ns).await;
-    let mut sim = SimNode::new(cluster, &node, ns, Method::Command, &[]).unwrap();
+    let mut sim = SimNode::new(
+        cluster,
+        &node,
+        ns,
+        Method::Command,
+        &["--pdb-preflight=false"],
+    )
+    .unwrap();
     sim.flag().unwrap();
     sim.start().unwrap();
     let nodes: Api<Node> = Api::all(client.clone());
