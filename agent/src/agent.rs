@@ -37,6 +37,12 @@ const REBOOT_WAIT: Duration = Duration::from_secs(10 * 60);
 /// Pause after a failed step before trying again: long enough not to hammer a struggling API
 /// server, short enough that a transient error costs little.
 const ERROR_RETRY: Duration = Duration::from_secs(5);
+/// How often the post-reboot health gate is re-checked while it holds the baton: pods are not
+/// watched, and a hand-off delayed by a second or two is harmless.
+const HEALTH_POLL: Duration = Duration::from_secs(2);
+/// The health gate applies to a reboot finished this recently (plus the settle time); an older
+/// one is history, not a hand-off in progress.
+const HEALTH_GATE_WINDOW: Duration = Duration::from_secs(30 * 60);
 /// Margin added to a computed wake-up time (a Lease's expiry), so the check runs after it.
 const WAKE_MARGIN: Duration = Duration::from_millis(50);
 
@@ -194,6 +200,7 @@ pub async fn run(
         triggered_at: None,
         last_wait: None,
         preflight_wait: None,
+        health_retry_at: None,
         shutdown,
         args,
     };
@@ -357,6 +364,7 @@ struct Agent {
     triggered_at: Option<Instant>,
     last_wait: Option<String>,
     preflight_wait: Option<(String, Instant)>,
+    health_retry_at: Option<Instant>,
     shutdown: Shutdown,
 }
 
@@ -461,6 +469,9 @@ impl Agent {
         }
         if let Some(t) = self.triggered_at {
             wake = wake.min(t + REBOOT_WAIT);
+        }
+        if let Some(t) = self.health_retry_at {
+            wake = wake.min(t);
         }
         if let Some(t) = self
             .observer
@@ -693,6 +704,13 @@ impl Agent {
                 Err(e) => Err(e.into()),
             },
             Step::Release => {
+                // Right after a reboot, the baton passes on only once this node is healthy.
+                if let Some(why) = self.health_gate(node).await? {
+                    self.note_wait(&why);
+                    self.health_retry_at = Some(Instant::now() + HEALTH_POLL);
+                    return Ok(Progress::Wait);
+                }
+                self.health_retry_at = None;
                 self.release().await?;
                 Ok(Progress::Again)
             }
@@ -793,7 +811,7 @@ impl Agent {
                         ),
                     )
                     .await;
-                self.release().await?;
+                // The Lease is released by the next step, through the health gate.
                 Ok(Progress::Again)
             }
             Step::Abort { uncordon, reason } => {
@@ -834,6 +852,70 @@ impl Agent {
             resource_version: None,
         };
         self.write(update, what).await
+    }
+
+    /// Why the baton may not be passed on yet after this node's reboot: the settle time has not
+    /// passed, a DaemonSet pod on the node is not Ready, or (with `--gate-pdbs`) a
+    /// PodDisruptionBudget is not back to all its pods healthy. `None` when it may, or when no
+    /// reboot just completed here.
+    async fn health_gate(&self, node: &Node) -> anyhow::Result<Option<String>> {
+        let Some(finished) = node
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(node::LAST_REBOOT))
+            .and_then(|v| v.parse::<jiff::Timestamp>().ok())
+        else {
+            return Ok(None);
+        };
+        let since = SystemTime::now()
+            .duration_since(SystemTime::from(finished))
+            .unwrap_or_default();
+        if since > HEALTH_GATE_WINDOW + self.args.settle_time {
+            return Ok(None);
+        }
+        if since < self.args.settle_time {
+            return Ok(Some(format!(
+                "settling after the reboot ({} left)",
+                node::human(self.args.settle_time - since)
+            )));
+        }
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(self.client.clone());
+        let on_node = pods
+            .list(
+                &kube::api::ListParams::default()
+                    .fields(&format!("spec.nodeName={}", self.args.node_name)),
+            )
+            .await
+            .context("listing the node's pods for the health gate")?;
+        for p in &on_node.items {
+            let info = crate::drain::PodInfo::from_pod(p);
+            let daemon = info
+                .controller
+                .as_ref()
+                .is_some_and(|(k, _)| k == "DaemonSet");
+            if daemon && !info.finished && !pod_ready(p) {
+                return Ok(Some(format!(
+                    "waiting for DaemonSet pod {}/{} on this node to be Ready",
+                    info.namespace, info.name
+                )));
+            }
+        }
+        if self.args.gate_pdbs {
+            let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+                Api::all(self.client.clone());
+            for pdb in pdbs.list(&kube::api::ListParams::default()).await?.items {
+                let st = pdb.status.unwrap_or_default();
+                if st.current_healthy.unwrap_or(0) < st.expected_pods.unwrap_or(0) {
+                    return Ok(Some(format!(
+                        "waiting for PodDisruptionBudget {}/{} to have all its pods healthy again",
+                        pdb.metadata.namespace.unwrap_or_default(),
+                        pdb.metadata.name.unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        Ok(None)
     }
 
     async fn release(&mut self) -> anyhow::Result<()> {
@@ -1173,6 +1255,13 @@ impl HolderWatch {
             Seen::Present(_) => HolderNode::NotReadySince(*self.not_ready_since.get_or_insert(now)),
         }
     }
+}
+
+fn pod_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn phase_age(node: &Node) -> String {

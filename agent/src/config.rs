@@ -105,6 +105,17 @@ pub struct AgentArgs {
     #[arg(long, env = "BATON_PDB_PREFLIGHT", default_value_t = true, action = clap::ArgAction::Set)]
     pub pdb_preflight: bool,
 
+    /// After a reboot, keep the baton this long once the node is Ready and uncordoned, before
+    /// the next node may start (kured's --lock-release-delay).
+    #[arg(long, env = "BATON_SETTLE_TIME", alias = "lock-release-delay", default_value = "0s",
+          value_parser = parse_duration, allow_hyphen_values = true)]
+    pub settle_time: Duration,
+
+    /// Before passing the baton on, also wait until every PodDisruptionBudget in the cluster has
+    /// all its pods healthy again (DaemonSet pods on the node are always waited for).
+    #[arg(long, env = "BATON_GATE_PDBS")]
+    pub gate_pdbs: bool,
+
     /// Days on which a reboot may start (`su,mo,tu,we,th,fr,sa`, or full names).
     #[arg(long, env = "BATON_REBOOT_DAYS", default_value = "su,mo,tu,we,th,fr,sa",
           value_parser = parse_days)]

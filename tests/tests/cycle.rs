@@ -884,6 +884,68 @@ async fn a_budget_that_allows_no_disruption_keeps_the_node_uncordoned_until_it_d
     rec.stop();
 }
 
+#[tokio::test]
+async fn with_the_health_gate_the_next_node_starts_only_once_the_service_is_whole_again() {
+    use baton_tests::observe::Change;
+    let cluster = shared();
+    let ns = "cycle-gated";
+    let (client, names) = setup(cluster, ns, 3).await;
+    fixtures::create_nginx(&client, ns, 2, ns, Some(json!({"minAvailable": 1})))
+        .await
+        .unwrap();
+    let rec = Recorder::new();
+    rec.nodes(&client, &format!("baton.test/group={ns}"));
+    rec.endpoints(&client, ns, "nginx");
+    wait_for("2 ready endpoints", SETTLE, || async {
+        Ok(
+            (fixtures::ready_endpoints(&fixtures::endpoint_slices(&client, ns, "nginx").await?)
+                == 2)
+                .then_some(()),
+        )
+    })
+    .await
+    .unwrap();
+    let mut nodes = sims(
+        cluster,
+        ns,
+        &names,
+        Method::Command,
+        &["--gate-pdbs", "--settle-time=2s"],
+    );
+    flag_and_start(&mut nodes);
+    drive(cluster, &client, &mut nodes, 1, ROLLOUT)
+        .await
+        .unwrap();
+    wait_clean(&client, ns, &names, &[]).await;
+    rec.stop();
+    rec.with(|r| {
+        let mut endpoints = 0;
+        let mut finished_at = None;
+        let mut starts = 0;
+        for s in &r.log {
+            match &s.what {
+                Change::Endpoints(n) => endpoints = *n,
+                Change::Phase(_, None) => finished_at = Some(s.at),
+                Change::Phase(node, Some(p)) if p == "draining" => {
+                    starts += 1;
+                    if let Some(done) = finished_at {
+                        assert_eq!(
+                            endpoints, 2,
+                            "{node} started before the Service was whole again"
+                        );
+                        assert!(
+                            s.at.duration_since(done) >= Duration::from_millis(1900),
+                            "{node} started before the settle time"
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(starts, 3);
+    });
+}
+
 #[test]
 fn bad_flags_exit_non_zero_with_one_clear_line() {
     let bin = baton_tests::agent::baton_bin().unwrap();
