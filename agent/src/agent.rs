@@ -572,7 +572,10 @@ impl Agent {
             .set(i64::from(view == LeaseView::Mine));
         self.metrics.set_phase(state.phase);
 
-        let gate = self.gate(&annotations);
+        let mut gate = self.gate(&annotations);
+        if gate.is_none() && matches!(flag, Flag::Required(_)) && state.phase == Phase::Idle {
+            gate = self.blocking_pod().await?;
+        }
         self.show_gate(&annotations, &flag, gate.as_deref()).await;
 
         let step = machine::next_step(&Observation {
@@ -631,6 +634,30 @@ impl Agent {
         }
     }
 
+    /// A pod on this node matching `--blocking-pod-selector` blocks new cycles (checked before
+    /// taking the Lease and again before cordoning, only while a reboot is wanted).
+    async fn blocking_pod(&self) -> anyhow::Result<Option<String>> {
+        let Some(selector) = &self.args.blocking_pod_selector else {
+            return Ok(None);
+        };
+        let lp = kube::api::ListParams::default()
+            .fields(&format!("spec.nodeName={}", self.args.node_name))
+            .labels(selector);
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(self.client.clone());
+        let found = pods.list(&lp).await.context("listing blocking pods")?;
+        Ok(found
+            .items
+            .iter()
+            .find(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| {
+                format!(
+                    "blocked by pod {}/{} (matches --blocking-pod-selector {selector})",
+                    p.metadata.namespace.as_deref().unwrap_or_default(),
+                    p.metadata.name.as_deref().unwrap_or_default()
+                )
+            }))
+    }
+
     /// Shows on the Node why a flagged node waits (window or pause), and clears it after; a
     /// write only when the reason changes.
     async fn show_gate(
@@ -684,6 +711,18 @@ impl Agent {
                     Wait::NodeNotReady => "rebooted; waiting for the node to be Ready".to_owned(),
                     Wait::Gated(why) => why.clone(),
                 };
+                let looping = matches!(w, Wait::FlagPersists | Wait::GaveUp);
+                self.metrics.reboot_loop_stopped.set(i64::from(looping));
+                if matches!(w, Wait::FlagPersists)
+                    && self.last_wait.as_deref() != Some(why.as_str())
+                {
+                    self.events(node)
+                        .publish(true, "RebootLoopStopped", "Wait", format!(
+                            "the maintenance flag is still set after {} reboot(s) in a row; not rebooting again until it clears (--max-reboot-attempts)",
+                            state.consecutive_reboots
+                        ))
+                        .await;
+                }
                 self.note_wait(&why);
                 Ok(Progress::Wait)
             }

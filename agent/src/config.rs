@@ -105,6 +105,11 @@ pub struct AgentArgs {
     #[arg(long, env = "BATON_PDB_PREFLIGHT", default_value_t = true, action = clap::ArgAction::Set)]
     pub pdb_preflight: bool,
 
+    /// No new cycle while a pod on this node matches this label selector (e.g. a running
+    /// backup), checked before taking the Lease and again before cordoning.
+    #[arg(long, env = "BATON_BLOCKING_POD_SELECTOR")]
+    pub blocking_pod_selector: Option<String>,
+
     /// After a reboot, keep the baton this long once the node is Ready and uncordoned, before
     /// the next node may start (kured's --lock-release-delay).
     #[arg(long, env = "BATON_SETTLE_TIME", alias = "lock-release-delay", default_value = "0s",

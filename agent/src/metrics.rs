@@ -41,6 +41,9 @@ pub struct Metrics {
     pub paused: IntGaugeVec,
     /// 1 while the reboot window is open.
     pub in_window: IntGauge,
+    /// 1 while baton refuses to reboot again: reboots did not clear the flag, or triggers did
+    /// not reboot the host (`--max-reboot-attempts`).
+    pub reboot_loop_stopped: IntGauge,
 }
 
 impl Metrics {
@@ -96,6 +99,10 @@ impl Metrics {
                 &["scope"],
             )?,
             in_window: IntGauge::new("baton_in_window", "1 while the reboot window is open")?,
+            reboot_loop_stopped: IntGauge::new(
+                "baton_reboot_loop_stopped",
+                "1 while baton refuses to reboot again (--max-reboot-attempts reached)",
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -111,6 +118,7 @@ impl Metrics {
         r.register(Box::new(m.flag_check_failures.clone()))?;
         r.register(Box::new(m.paused.clone()))?;
         r.register(Box::new(m.in_window.clone()))?;
+        r.register(Box::new(m.reboot_loop_stopped.clone()))?;
         for scope in ["node", "cluster"] {
             m.paused.with_label_values(&[scope]);
         }

@@ -946,6 +946,86 @@ async fn with_the_health_gate_the_next_node_starts_only_once_the_service_is_whol
     });
 }
 
+#[tokio::test]
+async fn a_blocking_pod_on_the_node_holds_the_cycle_back_until_it_is_gone() {
+    let cluster = shared();
+    let ns = "cycle-blocker";
+    let (client, names) = setup(cluster, ns, 1).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let backup: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "backup", "labels": {"baton.test/blocker": "yes"}},
+        "spec": {"nodeName": names[0], "containers": [{"name": "c", "image": "busybox:1.36"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &backup).await.unwrap();
+    let mut nodes = sims(
+        cluster,
+        ns,
+        &names,
+        Method::Command,
+        &["--blocking-pod-selector=baton.test/blocker=yes"],
+    );
+    flag_and_start(&mut nodes);
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let why = wait_for("the node to say what blocks it", SETTLE, || async {
+        let n = nodes_api.get(&names[0]).await?;
+        Ok(n.metadata
+            .annotations
+            .and_then(|a| a.get("baton.dev/waiting").cloned()))
+    })
+    .await
+    .unwrap();
+    assert!(why.contains(&format!("{ns}/backup")), "{why}");
+    assert_eq!(
+        lease_holder(&client, ns).await,
+        None,
+        "no lease while blocked"
+    );
+    pods.delete("backup", &Default::default()).await.unwrap();
+    drive(cluster, &client, &mut nodes, 1, ROLLOUT)
+        .await
+        .unwrap();
+    wait_clean(&client, ns, &names, &[]).await;
+}
+
+#[tokio::test]
+async fn a_flag_that_survives_reboots_stops_the_loop_after_the_cap() {
+    let cluster = shared();
+    let ns = "cycle-loop";
+    let (client, names) = setup(cluster, ns, 1).await;
+    let mut nodes = sims(
+        cluster,
+        ns,
+        &names,
+        Method::Command,
+        &["--max-reboot-attempts=2"],
+    );
+    flag_and_start(&mut nodes);
+    // The reboot does not fix what set the flag: it is set again after every boot.
+    for boot in 1..=2 {
+        drive(cluster, &client, &mut nodes, boot, ROLLOUT)
+            .await
+            .unwrap();
+        nodes[0].flag().unwrap();
+    }
+    let event = wait_for("a RebootLoopStopped event", SETTLE, || async {
+        Ok(node_events(&client, &names[0])
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("RebootLoopStopped")))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", nodes[0].log()));
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        nodes[0].metric("baton_reboot_loop_stopped").await.unwrap(),
+        Some(1.0)
+    );
+    assert_eq!(nodes[0].boots(), 2);
+    assert_eq!(nodes[0].triggers(), 0, "no third reboot");
+    assert_eq!(lease_holder(&client, ns).await, None);
+}
+
 #[test]
 fn bad_flags_exit_non_zero_with_one_clear_line() {
     let bin = baton_tests::agent::baton_bin().unwrap();
