@@ -138,6 +138,23 @@ fn phase(n: &Node) -> Option<String> {
     baton_annotations(n).get("baton.dev/phase").cloned()
 }
 
+/// Reboots every node once (as their agents ask) and waits until all are clean.
+async fn roll(
+    cluster: &Cluster,
+    client: &Client,
+    ns: &str,
+    names: &[String],
+    nodes: &mut [SimNode],
+) {
+    let driven = drive(cluster, client, nodes, 1, ROLLOUT).await.unwrap();
+    assert!(
+        driven.fencing_violations.is_empty(),
+        "{:?}",
+        driven.fencing_violations
+    );
+    wait_clean(client, ns, names, &[]).await;
+}
+
 async fn node_events(client: &Client, node: &str) -> Vec<Event> {
     Api::<Event>::all(client.clone())
         .list(&ListParams::default().fields(&format!("involvedObject.name={node}")))
@@ -831,10 +848,7 @@ async fn outside_the_window_or_paused_a_flagged_node_waits_and_says_why() {
         )
         .await
         .unwrap();
-    drive(cluster, &client, &mut nodes, 1, ROLLOUT)
-        .await
-        .unwrap();
-    wait_clean(&client, ns, &names, &[]).await;
+    roll(cluster, &client, ns, &names, &mut nodes).await;
 }
 
 #[tokio::test]
@@ -877,10 +891,7 @@ async fn a_budget_that_allows_no_disruption_keeps_the_node_uncordoned_until_it_d
         )
         .await
         .unwrap();
-    drive(cluster, &client, &mut nodes, 1, ROLLOUT)
-        .await
-        .unwrap();
-    wait_clean(&client, ns, &names, &[]).await;
+    roll(cluster, &client, ns, &names, &mut nodes).await;
     rec.stop();
 }
 
@@ -913,10 +924,7 @@ async fn with_the_health_gate_the_next_node_starts_only_once_the_service_is_whol
         &["--gate-pdbs", "--settle-time=2s"],
     );
     flag_and_start(&mut nodes);
-    drive(cluster, &client, &mut nodes, 1, ROLLOUT)
-        .await
-        .unwrap();
-    wait_clean(&client, ns, &names, &[]).await;
+    roll(cluster, &client, ns, &names, &mut nodes).await;
     rec.stop();
     rec.with(|r| {
         let mut endpoints = 0;
@@ -982,10 +990,7 @@ async fn a_blocking_pod_on_the_node_holds_the_cycle_back_until_it_is_gone() {
         "no lease while blocked"
     );
     pods.delete("backup", &Default::default()).await.unwrap();
-    drive(cluster, &client, &mut nodes, 1, ROLLOUT)
-        .await
-        .unwrap();
-    wait_clean(&client, ns, &names, &[]).await;
+    roll(cluster, &client, ns, &names, &mut nodes).await;
 }
 
 #[tokio::test]
