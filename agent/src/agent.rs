@@ -124,13 +124,6 @@ pub async fn run(
         clients(args.api_timeout, &format!("node {}", args.node_name)).await?;
 
     let (node_tx, node_rx) = watch::channel(Seen::Unsynced);
-    let (lease_tx, lease_rx) = watch::channel(Seen::Unsynced);
-    let lease_client = LeaseClient::new(
-        Api::namespaced(client.clone(), &args.lock_namespace),
-        &args.lock_name,
-        &args.node_name,
-        args.lock_ttl,
-    );
 
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     {
@@ -158,39 +151,54 @@ pub async fn run(
         metrics.clone(),
         "node",
     ));
-    tasks.spawn(watch_named(
-        Api::<Lease>::namespaced(watch_client.clone(), &args.lock_namespace),
-        args.lock_name.clone(),
-        lease_tx,
-        metrics.clone(),
-        "lease",
-    ));
-    tasks.spawn(renew_loop(
-        lease_client.clone(),
-        lease_rx.clone(),
-        args.node_name.clone(),
-        args.lock_renew_interval(),
-        metrics.clone(),
-    ));
+    // One Lease per slot: `--concurrency` nodes may hold one each.
+    let mut slots = Vec::new();
+    for name in crate::lease::slot_names(&args.lock_name, args.concurrency) {
+        let (tx, rx) = watch::channel(Seen::Unsynced);
+        let client_for_slot = LeaseClient::new(
+            Api::namespaced(client.clone(), &args.lock_namespace),
+            &name,
+            &args.node_name,
+            args.lock_ttl,
+        );
+        tasks.spawn(watch_named(
+            Api::<Lease>::namespaced(watch_client.clone(), &args.lock_namespace),
+            name.clone(),
+            tx,
+            metrics.clone(),
+            "lease",
+        ));
+        tasks.spawn(renew_loop(
+            client_for_slot.clone(),
+            rx.clone(),
+            args.node_name.clone(),
+            args.lock_renew_interval(),
+            metrics.clone(),
+        ));
+        slots.push(Slot {
+            client: client_for_slot,
+            rx,
+            seen: Latest {
+                current: Seen::Unsynced,
+            },
+            observer: Observer::new(Instant::now()),
+        });
+    }
 
     let mut agent = Agent {
         host: Host::new(args.host_pid),
         nodes: Api::all(client.clone()),
         drainer,
         client,
-        lease: lease_client,
+        slots,
+        slot: 0,
         metrics,
         ready,
         events: None,
         node_rx,
-        lease_rx,
         node: Latest {
             current: Seen::Unsynced,
         },
-        lease_seen: Latest {
-            current: Seen::Unsynced,
-        },
-        observer: Observer::new(Instant::now()),
         window: args.window(),
         watch_client: watch_client.clone(),
         holder: None,
@@ -340,21 +348,28 @@ enum Progress {
     Stop,
 }
 
+/// One Lease slot: its client, its watch, and what this agent has seen of it.
+struct Slot {
+    client: LeaseClient,
+    rx: watch::Receiver<Seen<Lease>>,
+    seen: Latest<Lease>,
+    observer: Observer,
+}
+
 struct Agent {
     args: AgentArgs,
     host: Host,
     client: Client,
     nodes: Api<Node>,
     drainer: Drainer,
-    lease: LeaseClient,
+    slots: Vec<Slot>,
+    /// The slot this agent holds, or would take, or waits for.
+    slot: usize,
     metrics: Metrics,
     ready: Readiness,
     events: Option<Events>,
     node_rx: watch::Receiver<Seen<Node>>,
-    lease_rx: watch::Receiver<Seen<Lease>>,
     node: Latest<Node>,
-    lease_seen: Latest<Lease>,
-    observer: Observer,
     window: crate::window::Window,
     watch_client: Client,
     holder: Option<HolderWatch>,
@@ -395,8 +410,9 @@ impl Agent {
                 self.check_flag().await;
             }
             self.node.offer(self.node_rx.borrow_and_update().clone());
-            self.lease_seen
-                .offer(self.lease_rx.borrow_and_update().clone());
+            for slot in &mut self.slots {
+                slot.seen.offer(slot.rx.borrow_and_update().clone());
+            }
             let progress = match self.decide_and_act().await {
                 Ok(p) => p,
                 Err(e) => {
@@ -449,11 +465,13 @@ impl Agent {
     /// of a back-off, or a stop request.
     async fn wait_for_change(&mut self) {
         let mut wake = self.next_check;
-        if let Some(t) = self
-            .observer
-            .expires_at(&self.args.node_name, self.args.lock_ttl)
-        {
-            wake = wake.min(t + WAKE_MARGIN);
+        for slot in &self.slots {
+            if let Some(t) = slot
+                .observer
+                .expires_at(&self.args.node_name, self.args.lock_ttl)
+            {
+                wake = wake.min(t + WAKE_MARGIN);
+            }
         }
         if let Seen::Present(n) = &self.node.current
             && let Ok(state) = node::read_state(
@@ -473,7 +491,7 @@ impl Agent {
         if let Some(t) = self.health_retry_at {
             wake = wake.min(t);
         }
-        if let Some(t) = self
+        if let Some(t) = self.slots[self.slot]
             .observer
             .holder_gone_at(self.holder_node, self.args.lock_holder_not_ready_timeout)
         {
@@ -492,7 +510,9 @@ impl Agent {
         tokio::select! {
             () = holder_changed => {}
             r = self.node_rx.changed() => if r.is_err() { tracing::error!("node watch stopped") },
-            r = self.lease_rx.changed() => if r.is_err() { tracing::error!("lease watch stopped") },
+            r = futures::future::select_all(self.slots.iter_mut().map(|s| Box::pin(s.rx.changed()))) => {
+                if r.0.is_err() { tracing::error!("lease watch stopped") }
+            },
             () = tokio::time::sleep_until(wake) => {}
             () = self.shutdown.wait() => {}
         }
@@ -535,16 +555,22 @@ impl Agent {
             self.source_flag.clone(),
             annotations.get(node::REBOOT_REQUESTED).map(String::as_str),
         );
-        let lease_record = match &self.lease_seen.current {
-            Seen::Present(l) => Some(Record::from_lease(l)),
-            Seen::Missing => None,
-            Seen::Unsynced => return Ok(Progress::Wait),
-        };
         let now = Instant::now();
-        self.observer.observe(lease_record.as_ref(), now);
-        let mut view = self
-            .observer
-            .view(&self.args.node_name, self.args.lock_ttl, now);
+        let mut views = Vec::with_capacity(self.slots.len());
+        for slot in &mut self.slots {
+            let record = match &slot.seen.current {
+                Seen::Present(l) => Some(Record::from_lease(l)),
+                Seen::Missing => None,
+                Seen::Unsynced => return Ok(Progress::Wait),
+            };
+            slot.observer.observe(record.as_ref(), now);
+            views.push(
+                slot.observer
+                    .view(&self.args.node_name, self.args.lock_ttl, now),
+            );
+        }
+        self.slot = crate::lease::pick_slot(&views);
+        let mut view = views.swap_remove(self.slot);
         if let LeaseView::Held { holder, expired } = &mut view {
             if self.holder.as_ref().is_none_or(|h| h.name != *holder) {
                 self.holder = Some(HolderWatch::start(
@@ -557,7 +583,11 @@ impl Agent {
                 self.holder_node = h.observe(now);
             }
             let limit = self.args.lock_holder_not_ready_timeout;
-            if !*expired && self.observer.holder_gone(self.holder_node, limit, now) {
+            if !*expired
+                && self.slots[self.slot]
+                    .observer
+                    .holder_gone(self.holder_node, limit, now)
+            {
                 tracing::warn!(%holder, node = ?self.holder_node, "the lease holder's node is gone: the lease may be taken over");
                 *expired = true;
             }
@@ -596,7 +626,8 @@ impl Agent {
     /// Why no new cycle may start now, if so: a cluster-wide pause (annotation on the Lease), a
     /// pause of this node, or the reboot window. Also sets the matching gauges.
     fn gate(&self, node_annotations: &BTreeMap<String, String>) -> Option<String> {
-        let cluster = match &self.lease_seen.current {
+        // The cluster-wide pause lives on the first slot's Lease (`--lock-name`).
+        let cluster = match &self.slots[0].seen.current {
             Seen::Present(l) => l
                 .metadata
                 .annotations
@@ -726,14 +757,19 @@ impl Agent {
                 self.note_wait(&why);
                 Ok(Progress::Wait)
             }
-            Step::Acquire => match self
-                .lease
-                .acquire(self.observer.last(), owner_of(node).as_ref())
+            Step::Acquire => match self.slots[self.slot]
+                .client
+                .acquire(
+                    self.slots[self.slot].observer.last(),
+                    owner_of(node).as_ref(),
+                )
                 .await
             {
                 Ok(lease) => {
                     tracing::info!(node = %name, "took the lease");
-                    self.lease_seen.offer(Seen::Present(Box::new(lease)));
+                    self.slots[self.slot]
+                        .seen
+                        .offer(Seen::Present(Box::new(lease)));
                     Ok(Progress::Again)
                 }
                 Err(LeaseError::HeldByOther(h)) => {
@@ -958,12 +994,14 @@ impl Agent {
     }
 
     async fn release(&mut self) -> anyhow::Result<()> {
-        let lease = self.lease.release().await.context("releasing the lease")?;
+        let me = self.args.node_name.clone();
+        let slot = &mut self.slots[self.slot];
+        let lease = slot.client.release().await.context("releasing the lease")?;
         if let Some(l) = lease {
             if Record::from_lease(&l).holder.is_none() {
-                tracing::info!(node = %self.args.node_name, "released the lease");
+                tracing::info!(node = %me, "released the lease");
             }
-            self.lease_seen.offer(Seen::Present(Box::new(l)));
+            slot.seen.offer(Seen::Present(Box::new(l)));
         }
         Ok(())
     }
@@ -1077,8 +1115,9 @@ impl Agent {
             return Ok(Progress::Wait);
         }
         // Fencing: a successful renewal proves this node holds the Lease right now.
-        match self.lease.renew().await {
-            Ok(l) => self.lease_seen.offer(Seen::Present(Box::new(l))),
+        let slot = &mut self.slots[self.slot];
+        match slot.client.renew().await {
+            Ok(l) => slot.seen.offer(Seen::Present(Box::new(l))),
             Err(e) => {
                 self.metrics.errors.with_label_values(&["fence"]).inc();
                 tracing::warn!(error = %e, "not rebooting: this node does not hold the lease");
@@ -1226,8 +1265,15 @@ impl Agent {
             .is_ok_and(|s| s.phase == Phase::Idle),
             _ => true,
         };
-        let mine = matches!(&self.lease_seen.current, Seen::Present(l)
-            if Record::from_lease(l).holder.as_deref() == Some(self.args.node_name.as_str()));
+        let me = self.args.node_name.clone();
+        let held = self.slots.iter().position(|s| {
+            matches!(&s.seen.current, Seen::Present(l)
+            if Record::from_lease(l).holder.as_deref() == Some(me.as_str()))
+        });
+        if let Some(i) = held {
+            self.slot = i;
+        }
+        let mine = held.is_some();
         if idle && mine {
             tracing::info!("stopping while idle: releasing the lease");
             self.release().await?;

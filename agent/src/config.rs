@@ -94,6 +94,12 @@ pub struct AgentArgs {
     #[arg(long, env = "BATON_LOCK_TTL", default_value = "30m", value_parser = parse_lock_ttl, allow_hyphen_values = true)]
     pub lock_ttl: Duration,
 
+    /// How many nodes may be in a cycle at once (one Lease slot each: --lock-name, then
+    /// --lock-name-1, ...).
+    #[arg(long, env = "BATON_CONCURRENCY", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub concurrency: u16,
+
     /// Take over the Lease from a holder whose Node has been NotReady this long without
     /// renewing (a deleted holder Node frees it at once).
     #[arg(long, env = "BATON_LOCK_HOLDER_NOT_READY_TIMEOUT", default_value = "15m",

@@ -40,6 +40,30 @@ impl LeaseView {
     }
 }
 
+/// The Lease names of `concurrency` slots: `name` (so one slot keeps the historical name),
+/// then `name-1`, `name-2`, ...
+pub fn slot_names(name: &str, concurrency: u16) -> Vec<String> {
+    (0..concurrency.max(1))
+        .map(|i| {
+            if i == 0 {
+                name.to_owned()
+            } else {
+                format!("{name}-{i}")
+            }
+        })
+        .collect()
+}
+
+/// Which slot this agent works with: the one it holds; else the first it may take; else the
+/// first (to wait on). "May I take a slot?" is then [`LeaseView::may_take`] of that slot.
+pub fn pick_slot(views: &[LeaseView]) -> usize {
+    views
+        .iter()
+        .position(|v| *v == LeaseView::Mine)
+        .or_else(|| views.iter().position(LeaseView::may_take))
+        .unwrap_or(0)
+}
+
 /// The parts of a Lease that matter for the decision.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Record {
@@ -438,6 +462,24 @@ mod tests {
         o.observe(Some(&rec(Some("b"), "r2")), at(650));
         assert!(!o.holder_gone(nr, limit, at(701)));
         assert!(o.holder_gone(nr, limit, at(1251)));
+    }
+
+    #[test]
+    fn slots_are_picked_mine_first_then_the_first_takeable() {
+        let held = |expired| LeaseView::Held {
+            holder: "x".into(),
+            expired,
+        };
+        assert_eq!(slot_names("baton", 3), ["baton", "baton-1", "baton-2"]);
+        assert_eq!(slot_names("baton", 1), ["baton"]);
+        assert_eq!(
+            pick_slot(&[held(false), LeaseView::Mine, LeaseView::Free]),
+            1
+        );
+        assert_eq!(pick_slot(&[held(false), held(true), LeaseView::Free]), 1);
+        assert_eq!(pick_slot(&[held(false), held(false), LeaseView::Free]), 2);
+        assert_eq!(pick_slot(&[held(false), held(false)]), 0);
+        assert!(!pick_slot(&[held(false), held(false)]).eq(&1));
     }
 
     #[test]

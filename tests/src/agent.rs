@@ -264,12 +264,28 @@ impl SimNode {
         client: &Client,
         mut on_down: impl FnMut(&str, Option<&str>),
     ) -> Result<Option<String>> {
+        // The holder of the slot this node holds, if any (slots: baton, baton-1, ...); else of
+        // the first slot, to report who held the lock instead.
         let leases: Api<Lease> = Api::namespaced(client.clone(), &self.lock_namespace);
-        let holder = leases
-            .get_opt("baton")
+        let holders: Vec<(String, Option<String>)> = leases
+            .list(&kube::api::ListParams::default())
             .await?
-            .and_then(|l| l.spec)
-            .and_then(|s| s.holder_identity);
+            .items
+            .into_iter()
+            .filter_map(|l| {
+                let name = l.metadata.name.clone()?;
+                let slot = name == "baton"
+                    || name
+                        .strip_prefix("baton-")
+                        .is_some_and(|n| n.parse::<u32>().is_ok());
+                slot.then(|| (name, l.spec.and_then(|s| s.holder_identity)))
+            })
+            .collect();
+        let holder = holders
+            .iter()
+            .find(|(_, h)| h.as_deref() == Some(self.name.as_str()))
+            .or_else(|| holders.iter().find(|(n, _)| n == "baton"))
+            .and_then(|(_, h)| h.clone());
         on_down(&self.name, holder.as_deref());
         self.stop().await?;
         cluster.node_down(client, &self.name).await?;

@@ -1031,6 +1031,33 @@ async fn a_flag_that_survives_reboots_stops_the_loop_after_the_cap() {
     assert_eq!(lease_holder(&client, ns).await, None);
 }
 
+#[tokio::test]
+async fn with_concurrency_two_two_nodes_reboot_at_once_and_never_three() {
+    let cluster = shared();
+    let ns = "cycle-two";
+    let (client, names) = setup(cluster, ns, 4).await;
+    let rec = Recorder::new();
+    rec.nodes(&client, &format!("baton.test/group={ns}"));
+    let mut nodes = sims(cluster, ns, &names, Method::Command, &["--concurrency=2"]);
+    flag_and_start(&mut nodes);
+    let driven = drive(cluster, &client, &mut nodes, 1, ROLLOUT)
+        .await
+        .unwrap();
+    assert!(
+        driven.fencing_violations.is_empty(),
+        "{:?}",
+        driven.fencing_violations
+    );
+    wait_clean(&client, ns, &names, &[]).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    assert!(
+        leases.get_opt("baton-1").await.unwrap().is_some(),
+        "a second slot was used"
+    );
+    rec.stop();
+    rec.with(|r| assert_eq!(r.max_in_cycle, 2, "two at once, never more"));
+}
+
 #[test]
 fn bad_flags_exit_non_zero_with_one_clear_line() {
     let bin = baton_tests::agent::baton_bin().unwrap();
