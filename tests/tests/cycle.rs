@@ -1040,15 +1040,7 @@ async fn with_concurrency_two_two_nodes_reboot_at_once_and_never_three() {
     rec.nodes(&client, &format!("baton.test/group={ns}"));
     let mut nodes = sims(cluster, ns, &names, Method::Command, &["--concurrency=2"]);
     flag_and_start(&mut nodes);
-    let driven = drive(cluster, &client, &mut nodes, 1, ROLLOUT)
-        .await
-        .unwrap();
-    assert!(
-        driven.fencing_violations.is_empty(),
-        "{:?}",
-        driven.fencing_violations
-    );
-    wait_clean(&client, ns, &names, &[]).await;
+    roll(cluster, &client, ns, &names, &mut nodes).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
     assert!(
         leases.get_opt("baton-1").await.unwrap().is_some(),
