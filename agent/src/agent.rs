@@ -153,7 +153,27 @@ pub async fn run(
     ));
     // One Lease per slot: `--concurrency` nodes may hold one each.
     let mut slots = Vec::new();
-    for name in crate::lease::slot_names(&args.lock_name, args.concurrency) {
+    // With --group-by-label, the limit applies per group: the slots are named after this node's
+    // value of the label (read once at start; a node does not move between zones).
+    let base = match &args.group_by_label {
+        None => args.lock_name.clone(),
+        Some(key) => {
+            let me: Node = Api::<Node>::all(client.clone())
+                .get(&args.node_name)
+                .await
+                .with_context(|| format!("reading node {} for --group-by-label", args.node_name))?;
+            let value = me
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(key))
+                .cloned()
+                .unwrap_or_default();
+            crate::lease::group_lock_name(&args.lock_name, &value)
+        }
+    };
+    tracing::info!(lease = %base, slots = args.concurrency, "coordinating through");
+    for name in crate::lease::slot_names(&base, args.concurrency) {
         let (tx, rx) = watch::channel(Seen::Unsynced);
         let client_for_slot = LeaseClient::new(
             Api::namespaced(client.clone(), &args.lock_namespace),
@@ -569,7 +589,8 @@ impl Agent {
                     .view(&self.args.node_name, self.args.lock_ttl, now),
             );
         }
-        self.slot = crate::lease::pick_slot(&views);
+        let start = crate::lease::start_slot(&self.args.node_name, views.len());
+        self.slot = crate::lease::pick_slot(&views, start);
         let mut view = views.swap_remove(self.slot);
         if let LeaseView::Held { holder, expired } = &mut view {
             if self.holder.as_ref().is_none_or(|h| h.name != *holder) {
@@ -773,8 +794,14 @@ impl Agent {
                     Ok(Progress::Again)
                 }
                 Err(LeaseError::HeldByOther(h)) => {
+                    // Lost a race: record the Lease as it is now (the watch may lag), so the
+                    // next decision sees it held and another slot may be tried at once.
                     self.note_wait(&format!("the lease is held by {h}"));
-                    Ok(Progress::Wait)
+                    let fresh = self.slots[self.slot].client.get().await?;
+                    self.slots[self.slot]
+                        .seen
+                        .offer(fresh.map_or(Seen::Missing, |l| Seen::Present(Box::new(l))));
+                    Ok(Progress::Again)
                 }
                 Err(e) => Err(e.into()),
             },

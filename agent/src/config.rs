@@ -100,6 +100,11 @@ pub struct AgentArgs {
           value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub concurrency: u16,
 
+    /// Apply --concurrency per value of this node label (e.g. `topology.kubernetes.io/zone`):
+    /// each zone reboots its own nodes, one (or N) at a time.
+    #[arg(long, env = "BATON_GROUP_BY_LABEL")]
+    pub group_by_label: Option<String>,
+
     /// Take over the Lease from a holder whose Node has been NotReady this long without
     /// renewing (a deleted holder Node frees it at once).
     #[arg(long, env = "BATON_LOCK_HOLDER_NOT_READY_TIMEOUT", default_value = "15m",

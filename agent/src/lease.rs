@@ -54,14 +54,50 @@ pub fn slot_names(name: &str, concurrency: u16) -> Vec<String> {
         .collect()
 }
 
-/// Which slot this agent works with: the one it holds; else the first it may take; else the
-/// first (to wait on). "May I take a slot?" is then [`LeaseView::may_take`] of that slot.
-pub fn pick_slot(views: &[LeaseView]) -> usize {
+/// The Lease name for the group whose label value is `value` (`--group-by-label`): a valid
+/// name whatever the value holds, distinct for distinct values (a short hash keeps apart values
+/// that clean up alike). Nodes without the label share the group `none`.
+pub fn group_lock_name(lock_name: &str, value: &str) -> String {
+    if value.is_empty() {
+        return format!("{lock_name}-none");
+    }
+    let clean: String = value
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let clean = clean.trim_matches('-');
+    let short: String = clean.chars().take(40).collect();
+    let mut h: u32 = 0x811c_9dc5;
+    for b in value.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    format!("{lock_name}-{short}-{:06x}", h & 0xff_ffff)
+}
+
+/// Which slot this agent works with: the one it holds; else the first it may take, looking from
+/// slot `start` on (agents start at different slots, so they rarely race for the same one);
+/// else the first (to wait on). "May I take a slot?" is then [`LeaseView::may_take`] of it.
+pub fn pick_slot(views: &[LeaseView], start: usize) -> usize {
+    let n = views.len().max(1);
     views
         .iter()
         .position(|v| *v == LeaseView::Mine)
-        .or_else(|| views.iter().position(LeaseView::may_take))
+        .or_else(|| {
+            (0..n)
+                .map(|i| (start + i) % n)
+                .find(|&i| views[i].may_take())
+        })
         .unwrap_or(0)
+}
+
+/// A stable starting slot for node `me` among `n` slots.
+pub fn start_slot(me: &str, n: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in me.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    usize::try_from(h % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
 }
 
 /// The parts of a Lease that matter for the decision.
@@ -242,6 +278,11 @@ impl LeaseClient {
             me: me.to_owned(),
             ttl,
         }
+    }
+
+    /// Reads the Lease as it is now.
+    pub async fn get(&self) -> Result<Option<Lease>, LeaseError> {
+        Ok(self.api.get_opt(&self.name).await?)
     }
 
     /// Takes the Lease if it is free, ours, or still exactly as `judged` (the record this agent
@@ -472,14 +513,34 @@ mod tests {
         };
         assert_eq!(slot_names("baton", 3), ["baton", "baton-1", "baton-2"]);
         assert_eq!(slot_names("baton", 1), ["baton"]);
-        assert_eq!(
-            pick_slot(&[held(false), LeaseView::Mine, LeaseView::Free]),
-            1
-        );
-        assert_eq!(pick_slot(&[held(false), held(true), LeaseView::Free]), 1);
-        assert_eq!(pick_slot(&[held(false), held(false), LeaseView::Free]), 2);
-        assert_eq!(pick_slot(&[held(false), held(false)]), 0);
-        assert!(!pick_slot(&[held(false), held(false)]).eq(&1));
+        let mine = [held(false), LeaseView::Mine, LeaseView::Free];
+        assert_eq!(pick_slot(&mine, 2), 1);
+        let one_expired = [held(false), held(true), LeaseView::Free];
+        assert_eq!(pick_slot(&one_expired, 0), 1);
+        assert_eq!(pick_slot(&one_expired, 2), 2);
+        let spread = [LeaseView::Free, held(false), LeaseView::Free];
+        assert_eq!(pick_slot(&spread, 1), 2);
+        assert_eq!(pick_slot(&[held(false), held(false)], 1), 0);
+        assert!(start_slot("node-a", 3) < 3);
+        assert_eq!(start_slot("node-a", 1), 0);
+    }
+
+    #[test]
+    fn group_names_are_valid_and_distinct() {
+        let a = group_lock_name("baton", "eu-west-1a");
+        let b = group_lock_name("baton", "EU_WEST_1A");
+        assert!(a.starts_with("baton-eu-west-1a-"), "{a}");
+        assert_ne!(a, b, "values that clean up alike stay apart");
+        assert_eq!(group_lock_name("baton", ""), "baton-none");
+        let long = group_lock_name("baton", &"z".repeat(300));
+        assert!(long.len() < 63, "{long}");
+        for n in [a, b, long] {
+            assert!(
+                n.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'),
+                "{n}"
+            );
+        }
     }
 
     #[test]

@@ -264,8 +264,8 @@ impl SimNode {
         client: &Client,
         mut on_down: impl FnMut(&str, Option<&str>),
     ) -> Result<Option<String>> {
-        // The holder of the slot this node holds, if any (slots: baton, baton-1, ...); else of
-        // the first slot, to report who held the lock instead.
+        // The holder of the slot this node holds, if any (slots: baton, baton-1, baton-<group>,
+        // ...); else of the first slot, to report who held the lock instead.
         let leases: Api<Lease> = Api::namespaced(client.clone(), &self.lock_namespace);
         let holders: Vec<(String, Option<String>)> = leases
             .list(&kube::api::ListParams::default())
@@ -274,10 +274,7 @@ impl SimNode {
             .into_iter()
             .filter_map(|l| {
                 let name = l.metadata.name.clone()?;
-                let slot = name == "baton"
-                    || name
-                        .strip_prefix("baton-")
-                        .is_some_and(|n| n.parse::<u32>().is_ok());
+                let slot = name == "baton" || name.starts_with("baton-");
                 slot.then(|| (name, l.spec.and_then(|s| s.holder_identity)))
             })
             .collect();
