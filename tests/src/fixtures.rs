@@ -164,3 +164,20 @@ pub async fn endpoint_slices(client: &Client, ns: &str, name: &str) -> Result<Ve
     let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={name}"));
     Ok(api.list(&lp).await?.items)
 }
+
+/// Waits until Service `name` in `ns` has exactly `count` ready endpoints.
+pub async fn wait_ready_endpoints(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    count: usize,
+) -> Result<()> {
+    wait_for(
+        &format!("{count} ready endpoints of {ns}/{name}"),
+        POD_TIMEOUT,
+        || async {
+            Ok((ready_endpoints(&endpoint_slices(client, ns, name).await?) == count).then_some(()))
+        },
+    )
+    .await
+}

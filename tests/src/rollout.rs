@@ -5,10 +5,13 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use k8s_openapi::api::core::v1::Node;
 use kube::Client;
+use kube::api::Api;
 
 use crate::agent::SimNode;
 use crate::cluster::Cluster;
+use crate::wait::wait_for;
 
 /// How often the harness looks for reboot triggers (a local file per node).
 const TRIGGER_POLL: Duration = Duration::from_millis(50);
@@ -81,6 +84,31 @@ pub async fn drive_with(
         }
         tokio::time::sleep(TRIGGER_POLL).await;
     }
+}
+
+/// Waits until none of `names` is in a cycle (no `baton.dev/phase`) or cordoned.
+pub async fn wait_idle(client: &Client, names: &[String], timeout: Duration) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_for("every node idle and uncordoned", timeout, || async {
+        for n in names {
+            let node = nodes.get(n).await?;
+            let busy = node
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("baton.dev/phase"));
+            let cordoned = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false);
+            if busy || cordoned {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await
 }
 
 fn tail(s: &str, n: usize) -> String {

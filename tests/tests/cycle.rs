@@ -285,15 +285,9 @@ async fn seed_scenario_keeps_the_service_up() {
     let rec = Recorder::new();
     rec.nodes(&client, &format!("baton.test/group={ns}"));
     rec.endpoints(&client, ns, "nginx");
-    wait_for("2 ready endpoints", SETTLE, || async {
-        Ok(
-            (fixtures::ready_endpoints(&fixtures::endpoint_slices(&client, ns, "nginx").await?)
-                == 2)
-                .then_some(()),
-        )
-    })
-    .await
-    .unwrap();
+    fixtures::wait_ready_endpoints(&client, ns, "nginx", 2)
+        .await
+        .unwrap();
 
     let mut nodes = sims(cluster, ns, &names, Method::Command, &[]);
     flag_and_start(&mut nodes);
@@ -907,15 +901,9 @@ async fn with_the_health_gate_the_next_node_starts_only_once_the_service_is_whol
     let rec = Recorder::new();
     rec.nodes(&client, &format!("baton.test/group={ns}"));
     rec.endpoints(&client, ns, "nginx");
-    wait_for("2 ready endpoints", SETTLE, || async {
-        Ok(
-            (fixtures::ready_endpoints(&fixtures::endpoint_slices(&client, ns, "nginx").await?)
-                == 2)
-                .then_some(()),
-        )
-    })
-    .await
-    .unwrap();
+    fixtures::wait_ready_endpoints(&client, ns, "nginx", 2)
+        .await
+        .unwrap();
     let mut nodes = sims(
         cluster,
         ns,

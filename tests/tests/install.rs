@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use baton_tests::agent::{Method, SimNode};
 use baton_tests::observe::Recorder;
-use baton_tests::rollout::drive;
+use baton_tests::rollout::{drive, wait_idle};
 use baton_tests::{Cluster, fixtures, shared, wait_for};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -34,6 +34,20 @@ fn kubectl(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> String {
 
 fn helm(cluster: &Cluster, args: &[&str]) -> String {
     run(cluster.helm(), args, None)
+}
+
+/// The chart rendered with its default values as release `baton-helm`.
+fn render_chart(cluster: &Cluster) -> String {
+    helm(
+        cluster,
+        &[
+            "template",
+            "baton-helm",
+            &chart(),
+            "--namespace",
+            "baton-helm",
+        ],
+    )
 }
 
 fn chart() -> String {
@@ -237,29 +251,8 @@ async fn the_manifests_install_and_their_least_privilege_is_enough() {
         "{:?}",
         driven.fencing_violations
     );
-    let nodes: Api<Node> = Api::all(admin.clone());
-    wait_for("every node uncordoned and idle", TIMEOUT, || async {
-        for n in names {
-            let node = nodes.get(n).await?;
-            let busy = node
-                .metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key("baton.dev/phase"));
-            if busy
-                || node
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.unschedulable)
-                    .unwrap_or(false)
-            {
-                return Ok(None);
-            }
-        }
-        Ok(Some(()))
-    })
-    .await
-    .unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    wait_idle(&admin, &names, TIMEOUT).await.unwrap();
     rec.stop();
     rec.with(|r| {
         assert!(
@@ -280,16 +273,7 @@ async fn the_manifests_install_and_their_least_privilege_is_enough() {
 
 /// The BATON_* environment of the chart's DaemonSet, rendered with default values.
 fn chart_env(cluster: &Cluster) -> std::collections::BTreeMap<String, Option<String>> {
-    let yaml = helm(
-        cluster,
-        &[
-            "template",
-            "baton-helm",
-            &chart(),
-            "--namespace",
-            "baton-helm",
-        ],
-    );
+    let yaml = render_chart(cluster);
     let json = kubectl(
         cluster,
         &["create", "--dry-run=client", "-o", "json", "-f", "-"],
@@ -373,16 +357,7 @@ async fn the_helm_chart_has_every_flag_with_the_same_default_and_installs() {
         .await
         .unwrap();
     kubectl(cluster, &["create", "namespace", "baton-helm"], None);
-    let yaml = helm(
-        cluster,
-        &[
-            "template",
-            "baton-helm",
-            &chart(),
-            "--namespace",
-            "baton-helm",
-        ],
-    );
+    let yaml = render_chart(cluster);
     kubectl(
         cluster,
         &["apply", "--server-side", "--dry-run=server", "-f", "-"],

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use baton_tests::fixtures::{self, endpoint_slices, ready_endpoints};
+use baton_tests::fixtures;
 use baton_tests::{cluster::node_is_ready, shared, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -96,16 +96,9 @@ async fn deployment_gets_scheduled_and_service_gets_ready_endpoints() {
         );
         assert!(fixtures::pod_is_ready(&pod));
     }
-    let ready = wait_for("2 ready endpoints", TIMEOUT, || {
-        let client = client.clone();
-        async move {
-            let n = ready_endpoints(&endpoint_slices(&client, ns, "nginx").await?);
-            Ok((n == 2).then_some(n))
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(ready, 2);
+    fixtures::wait_ready_endpoints(&client, ns, "nginx", 2)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -9,10 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use baton_tests::agent::{Method, SimNode};
 use baton_tests::observe::{Change, Recorder, p50_max};
-use baton_tests::rollout::drive_with;
-use baton_tests::{Cluster, fixtures, wait_for};
-use k8s_openapi::api::core::v1::Node;
-use kube::api::Api;
+use baton_tests::rollout::{drive_with, wait_idle};
+use baton_tests::{Cluster, fixtures};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -63,14 +61,7 @@ async fn main() -> Result<()> {
         .await?;
     cluster.namespace(&client, NS).await?;
     fixtures::create_nginx(&client, NS, 2, NS, Some(json!({"minAvailable": 1}))).await?;
-    wait_for("2 ready endpoints", Duration::from_secs(60), || async {
-        Ok(
-            (fixtures::ready_endpoints(&fixtures::endpoint_slices(&client, NS, "nginx").await?)
-                == 2)
-                .then_some(()),
-        )
-    })
-    .await?;
+    fixtures::wait_ready_endpoints(&client, NS, "nginx", 2).await?;
     println!(
         "{} {count} nodes Ready; nginx: 2 pods, Service with 2 ready endpoints, PDB minAvailable=1",
         stamp()
@@ -136,31 +127,7 @@ async fn main() -> Result<()> {
     )
     .await?;
     // Wait for the last node to finish: uncordoned and the lease free.
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    wait_for(
-        "the last node to finish",
-        Duration::from_secs(60),
-        || async {
-            for n in &names {
-                let node = nodes_api.get(n).await?;
-                let busy = node
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .is_some_and(|a| a.contains_key("baton.dev/phase"));
-                let cordoned = node
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.unschedulable)
-                    .unwrap_or(false);
-                if busy || cordoned {
-                    return Ok(None);
-                }
-            }
-            Ok(Some(()))
-        },
-    )
-    .await?;
+    wait_idle(&client, &names, Duration::from_secs(60)).await?;
     let total = rollout_start.elapsed();
     fixtures::wait_ready_pods(&client, NS, "app=nginx", 2).await?;
     tokio::time::sleep(Duration::from_millis(300)).await; // let the printer catch up

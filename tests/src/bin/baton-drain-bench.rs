@@ -45,23 +45,6 @@ async fn cordon(client: &Client, node: &str, on: bool) -> Result<()> {
     Ok(())
 }
 
-fn deployment(name: &str, group: &str, replicas: i32) -> Result<Deployment> {
-    Ok(serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "nodeSelector": {"baton.test/group": group},
-                    "containers": [{"name": "c", "image": "nginx:1.27"}],
-                },
-            },
-        },
-    }))?)
-}
-
 /// Builds one scenario for one tool: a node full of pods and an open spare node.
 async fn prepare(cluster: &Cluster, client: &Client, scenario: char, tool: Tool) -> Result<String> {
     let group = format!("bench-{scenario}-{}", tool.name());
@@ -76,13 +59,16 @@ async fn prepare(cluster: &Cluster, client: &Client, scenario: char, tool: Tool)
     let total = if scenario == 'a' {
         for i in 0..10 {
             deployments
-                .create(&pp, &deployment(&format!("app{i}"), &group, 10)?)
+                .create(
+                    &pp,
+                    &fixtures::nginx_deployment(&format!("app{i}"), 10, &group)?,
+                )
                 .await?;
         }
         100
     } else {
         deployments
-            .create(&pp, &deployment("web", &group, 20)?)
+            .create(&pp, &fixtures::nginx_deployment("web", 20, &group)?)
             .await?;
         let pdb: PodDisruptionBudget = serde_json::from_value(json!({
             "metadata": {"name": "web"},
