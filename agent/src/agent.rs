@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::alerts::{Filter as AlertFilter, Prometheus};
 use crate::config::AgentArgs;
 use crate::drain::{Drainer, Progress as DrainProgress};
 use crate::flag::{self, Flag, Source};
@@ -205,8 +206,18 @@ pub async fn run(
         });
     }
 
+    let alerts = match &args.prometheus_url {
+        Some(url) => Some((
+            Prometheus::new(url, args.api_timeout)
+                .context("loading the system's CA certificates for --prometheus-url")?,
+            args.alert_filter(),
+        )),
+        None => None,
+    };
     let mut agent = Agent {
         host: Host::new(args.host_pid),
+        alerts,
+        blockers: None,
         nodes: Api::all(client.clone()),
         drainer,
         client,
@@ -400,6 +411,10 @@ struct Agent {
     last_wait: Option<String>,
     preflight_wait: Option<(String, Instant)>,
     health_retry_at: Option<Instant>,
+    /// Prometheus and the filter of its alerts, with `--prometheus-url`.
+    alerts: Option<(Prometheus, AlertFilter)>,
+    /// The last blocker check: what blocked (if anything) and when it was checked.
+    blockers: Option<(Option<String>, Instant)>,
     shutdown: Shutdown,
 }
 
@@ -625,7 +640,12 @@ impl Agent {
 
         let mut gate = self.gate(&annotations);
         if gate.is_none() && matches!(flag, Flag::Required(_)) && state.phase == Phase::Idle {
-            gate = self.blocking_pod().await?;
+            // Fresh whenever the Lease could be taken or is ours (before taking it and again
+            // before cordoning); while another node holds it, at most every --check-interval.
+            let fresh = !matches!(view, LeaseView::Held { expired: false, .. });
+            gate = self.blockers(fresh).await?;
+        } else {
+            self.clear_blockers();
         }
         self.show_gate(&annotations, &flag, gate.as_deref()).await;
 
@@ -672,6 +692,10 @@ impl Agent {
             .as_ref()
             .filter(|(_, until)| Instant::now() < *until)
             .map(|(why, _)| why.clone());
+        self.metrics
+            .blocked
+            .with_label_values(&["pdb"])
+            .set(i64::from(preflight.is_some()));
         if let Some(r) = cluster {
             Some(format!(
                 "paused cluster-wide ({} on the Lease): {r}",
@@ -686,8 +710,50 @@ impl Agent {
         }
     }
 
-    /// A pod on this node matching `--blocking-pod-selector` blocks new cycles (checked before
-    /// taking the Lease and again before cordoning, only while a reboot is wanted).
+    /// Why a blocker stops a new cycle, if one does: a pod matching `--blocking-pod-selector`
+    /// or an active Prometheus alert (failing closed). Checked only while a reboot is wanted;
+    /// a result younger than `--check-interval` is reused unless `fresh`.
+    async fn blockers(&mut self, fresh: bool) -> anyhow::Result<Option<String>> {
+        let now = Instant::now();
+        if !fresh
+            && let Some((why, at)) = &self.blockers
+            && now < *at + self.args.check_interval
+        {
+            return Ok(why.clone());
+        }
+        let pod = self.blocking_pod().await?;
+        let alert = match &self.alerts {
+            Some((prometheus, filter)) => prometheus.gate(filter).await,
+            None => None,
+        };
+        for (blocker, why) in [("pod", &pod), ("alert", &alert)] {
+            self.metrics
+                .blocked
+                .with_label_values(&[blocker])
+                .set(i64::from(why.is_some()));
+        }
+        let why = pod.or(alert);
+        if why != self.blockers.as_ref().and_then(|(w, _)| w.clone()) {
+            match &why {
+                Some(w) => tracing::info!(reason = %w, "blocked"),
+                None if self.blockers.is_some() => tracing::info!("no longer blocked"),
+                None => {}
+            }
+        }
+        self.blockers = Some((why.clone(), now));
+        Ok(why)
+    }
+
+    /// Forgets the last blocker check (no reboot is wanted, or a cycle is under way).
+    fn clear_blockers(&mut self) {
+        if self.blockers.take().is_some() {
+            for blocker in ["pod", "alert"] {
+                self.metrics.blocked.with_label_values(&[blocker]).set(0);
+            }
+        }
+    }
+
+    /// A pod on this node matching `--blocking-pod-selector`, if any.
     async fn blocking_pod(&self) -> anyhow::Result<Option<String>> {
         let Some(selector) = &self.args.blocking_pod_selector else {
             return Ok(None);

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use regex::Regex;
+
+use crate::alerts::{Filter as AlertFilter, PrometheusUrl};
 use crate::drain::{Options as DrainOptions, TimeoutAction};
 use crate::window::{self, Window};
 
@@ -120,6 +123,28 @@ pub struct AgentArgs {
     /// backup), checked before taking the Lease and again before cordoning.
     #[arg(long, env = "BATON_BLOCKING_POD_SELECTOR")]
     pub blocking_pod_selector: Option<String>,
+
+    /// Prometheus to ask for active alerts (e.g. `http://prometheus.monitoring:9090`): while an
+    /// alert passes the alert filters, no cycle starts. Unreachable counts as blocked.
+    #[arg(long, env = "BATON_PROMETHEUS_URL", value_parser = PrometheusUrl::parse)]
+    pub prometheus_url: Option<PrometheusUrl>,
+
+    /// Alerts whose name matches this regex do not block (with --alert-filter-match-only: only
+    /// they block).
+    #[arg(long, env = "BATON_ALERT_FILTER_REGEXP", value_parser = parse_regex)]
+    pub alert_filter_regexp: Option<Regex>,
+
+    /// Turn --alert-filter-regexp into an include list: only matching alerts block.
+    #[arg(long, env = "BATON_ALERT_FILTER_MATCH_ONLY")]
+    pub alert_filter_match_only: bool,
+
+    /// Only alerts whose name matches this regex block (--alert-filter-regexp still excludes).
+    #[arg(long, env = "BATON_ALERT_INCLUDE_REGEXP", value_parser = parse_regex)]
+    pub alert_include_regexp: Option<Regex>,
+
+    /// Only firing alerts block; pending ones (their `for` not yet passed) do not.
+    #[arg(long, env = "BATON_ALERT_FIRING_ONLY")]
+    pub alert_firing_only: bool,
 
     /// After a reboot, keep the baton this long once the node is Ready and uncordoned, before
     /// the next node may start (kured's --lock-release-delay).
@@ -440,6 +465,20 @@ pub fn split_words(s: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
+fn parse_regex(s: &str) -> Result<Regex, String> {
+    // The first line of regex's message names the problem; the rest is an ASCII-art caret.
+    Regex::new(s).map_err(|e| match e {
+        regex::Error::Syntax(msg) => format!(
+            "not a valid regex: {}",
+            msg.lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("error: "))
+                .unwrap_or("syntax error")
+        ),
+        other => format!("not a valid regex: {other}"),
+    })
+}
+
 fn parse_dns_label(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 63
@@ -467,6 +506,52 @@ fn parse_dns_subdomain(s: &str) -> Result<String, String> {
 }
 
 impl AgentArgs {
+    /// Rules between flags that clap cannot express for values that may come from the
+    /// environment (a chart sets every switch, off or on). One line naming the flags.
+    pub fn check(&self) -> Result<(), String> {
+        let needs_url = [
+            ("--alert-filter-regexp", self.alert_filter_regexp.is_some()),
+            ("--alert-filter-match-only", self.alert_filter_match_only),
+            (
+                "--alert-include-regexp",
+                self.alert_include_regexp.is_some(),
+            ),
+            ("--alert-firing-only", self.alert_firing_only),
+        ];
+        if self.prometheus_url.is_none()
+            && let Some((flag, _)) = needs_url.iter().find(|(_, set)| *set)
+        {
+            return Err(format!("{flag} needs --prometheus-url"));
+        }
+        if self.alert_filter_match_only && self.alert_filter_regexp.is_none() {
+            return Err("--alert-filter-match-only needs --alert-filter-regexp".to_owned());
+        }
+        if self.alert_filter_match_only && self.alert_include_regexp.is_some() {
+            return Err(
+                "--alert-filter-match-only and --alert-include-regexp cannot be used together"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Which Prometheus alerts block, from the alert flags.
+    pub fn alert_filter(&self) -> AlertFilter {
+        let (include, exclude) = if self.alert_filter_match_only {
+            (self.alert_filter_regexp.clone(), None)
+        } else {
+            (
+                self.alert_include_regexp.clone(),
+                self.alert_filter_regexp.clone(),
+            )
+        };
+        AlertFilter {
+            include,
+            exclude,
+            firing_only: self.alert_firing_only,
+        }
+    }
+
     /// The reboot window.
     pub fn window(&self) -> Window {
         Window::new(
@@ -562,6 +647,80 @@ mod tests {
             assert!(!err.contains('\n'), "{err}");
             assert!(err.contains(flag), "{err} should name {flag}");
             assert!(err.starts_with("baton: error: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn alert_flags_follow_kured_and_are_checked_together() {
+        let url = ["--node-name", "n1", "--prometheus-url", "http://prom:9090"];
+        let with = |extra: &[&str]| {
+            let mut all = url.to_vec();
+            all.extend_from_slice(extra);
+            parse(&all).unwrap()
+        };
+        // kured: --alert-filter-regexp excludes; --alert-filter-match-only turns it into an
+        // include list.
+        let f = with(&["--alert-filter-regexp", "^Watchdog$"]).alert_filter();
+        assert!(f.include.is_none() && f.exclude.is_some() && !f.firing_only);
+        let a = with(&[
+            "--alert-filter-regexp",
+            "^Node",
+            "--alert-filter-match-only",
+            "--alert-firing-only",
+        ]);
+        assert!(a.check().is_ok());
+        let f = a.alert_filter();
+        assert!(f.include.is_some() && f.exclude.is_none() && f.firing_only);
+        let f = with(&[
+            "--alert-include-regexp",
+            "^Kube",
+            "--alert-filter-regexp",
+            "Info",
+        ])
+        .alert_filter();
+        assert!(f.include.is_some() && f.exclude.is_some());
+
+        let err = parse(&["--node-name", "n1", "--prometheus-url", "prom:9090"]).unwrap_err();
+        assert!(
+            err.contains("--prometheus-url") && !err.contains('\n'),
+            "{err}"
+        );
+        let err = parse(&[&url[..], &["--alert-filter-regexp", "(unclosed"]].concat()).unwrap_err();
+        assert!(
+            err.contains("--alert-filter-regexp") && !err.contains('\n'),
+            "{err}"
+        );
+
+        for (args, names) in [
+            (
+                vec!["--node-name", "n1", "--alert-firing-only"],
+                "--alert-firing-only needs --prometheus-url",
+            ),
+            (
+                vec!["--node-name", "n1", "--alert-filter-regexp", "x"],
+                "--alert-filter-regexp needs --prometheus-url",
+            ),
+            (
+                [&url[..], &["--alert-filter-match-only"]].concat(),
+                "--alert-filter-match-only needs --alert-filter-regexp",
+            ),
+            (
+                [
+                    &url[..],
+                    &[
+                        "--alert-filter-regexp",
+                        "x",
+                        "--alert-filter-match-only",
+                        "--alert-include-regexp",
+                        "y",
+                    ],
+                ]
+                .concat(),
+                "cannot be used together",
+            ),
+        ] {
+            let err = parse(&args).unwrap().check().unwrap_err();
+            assert!(err.contains(names), "{err}");
         }
     }
 

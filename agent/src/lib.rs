@@ -9,6 +9,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod agent;
+pub mod alerts;
 pub mod config;
 pub mod drain;
 pub mod flag;

@@ -77,6 +77,10 @@ fn drain(args: DrainCommand) -> ExitCode {
 }
 
 fn agent(args: AgentArgs) -> ExitCode {
+    if let Err(e) = args.check() {
+        eprintln!("baton: error: {e}");
+        return ExitCode::from(USAGE_EXIT);
+    }
     let filter = match EnvFilter::try_new(&args.log_level) {
         Ok(f) => f,
         Err(e) => {

@@ -13,6 +13,9 @@ const DRAIN_BUCKETS: [f64; 10] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
 ];
 
+/// The values of `baton_blocked`'s label.
+pub const BLOCKERS: [&str; 3] = ["pod", "alert", "pdb"];
+
 /// Every metric baton exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -41,6 +44,8 @@ pub struct Metrics {
     pub paused: IntGaugeVec,
     /// 1 while the reboot window is open.
     pub in_window: IntGauge,
+    /// 1 while a blocker stops new cycles, by blocker (`pod`, `alert`, `pdb`).
+    pub blocked: IntGaugeVec,
     /// 1 while baton refuses to reboot again: reboots did not clear the flag, or triggers did
     /// not reboot the host (`--max-reboot-attempts`).
     pub reboot_loop_stopped: IntGauge,
@@ -99,6 +104,13 @@ impl Metrics {
                 &["scope"],
             )?,
             in_window: IntGauge::new("baton_in_window", "1 while the reboot window is open")?,
+            blocked: IntGaugeVec::new(
+                Opts::new(
+                    "baton_blocked",
+                    "1 while a blocker stops this node from starting a cycle, by blocker",
+                ),
+                &["blocker"],
+            )?,
             reboot_loop_stopped: IntGauge::new(
                 "baton_reboot_loop_stopped",
                 "1 while baton refuses to reboot again (--max-reboot-attempts reached)",
@@ -118,9 +130,13 @@ impl Metrics {
         r.register(Box::new(m.flag_check_failures.clone()))?;
         r.register(Box::new(m.paused.clone()))?;
         r.register(Box::new(m.in_window.clone()))?;
+        r.register(Box::new(m.blocked.clone()))?;
         r.register(Box::new(m.reboot_loop_stopped.clone()))?;
         for scope in ["node", "cluster"] {
             m.paused.with_label_values(&[scope]);
+        }
+        for b in BLOCKERS {
+            m.blocked.with_label_values(&[b]);
         }
         for p in ["evicted", "gone", "pdb_blocked", "error"] {
             m.evictions.with_label_values(&[p]);
@@ -167,6 +183,7 @@ mod tests {
             "baton_reboots_total 0",
             "baton_errors_total{kind=\"api\"} 1",
             "baton_flag_check_failures_total{source=\"command\"} 1",
+            "baton_blocked{blocker=\"alert\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

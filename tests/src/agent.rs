@@ -15,9 +15,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::Api;
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::cluster::{Cluster, boot_id};
+use crate::cluster::{Cluster, boot_id, free_ports};
 use crate::process::Process;
 use crate::wait::wait_for;
 
@@ -51,12 +50,6 @@ pub fn baton_bin() -> Result<PathBuf> {
             candidate.display()
         )
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// One simulated node: its host folder and its agent process.
@@ -95,7 +88,7 @@ impl SimNode {
             lock_namespace: lock_namespace.to_owned(),
             method,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
-            metrics_port: free_port()?,
+            metrics_port: free_ports::<1>()?[0],
             boots: 0,
             agent: None,
             catcher: None,
@@ -300,21 +293,7 @@ impl SimNode {
 
     /// GETs a path from the agent's HTTP server; returns the status code and body.
     pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await?;
-        let code = buf
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("no HTTP status")?;
-        let body = buf
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((code, body))
+        crate::http::get(self.metrics_port, path).await
     }
 
     /// The value of metric `name` (exact series, e.g. `baton_reboots_total`), if exported.

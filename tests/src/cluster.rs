@@ -96,7 +96,8 @@ fn shared_in(
     }
 }
 
-fn free_ports<const N: usize>() -> Result<[u16; N]> {
+/// `N` distinct free loopback ports.
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
     // Hold every listener until all ports are picked, so no port is handed out twice.
     let listeners = (0..N)
         .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))

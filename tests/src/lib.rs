@@ -7,9 +7,11 @@ pub mod agent;
 pub mod assets;
 pub mod cluster;
 pub mod fixtures;
+pub mod http;
 pub mod observe;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod rollout;
 pub mod wait;
 

@@ -1163,3 +1163,92 @@ fn bad_flags_exit_non_zero_with_one_clear_line() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+/// The node's `baton.dev/waiting` annotation, once it contains `part` and not `unlike`.
+async fn wait_waiting(client: &Client, node: &str, part: &str, unlike: Option<&str>) -> String {
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_for(
+        &format!("{node} to say it waits: ...{part}... (not {unlike:?})"),
+        SETTLE,
+        || async {
+            Ok(nodes
+                .get(node)
+                .await?
+                .metadata
+                .annotations
+                .and_then(|a| a.get("baton.dev/waiting").cloned())
+                .filter(|w| w.contains(part) && unlike.is_none_or(|u| !w.contains(u))))
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn firing_prometheus_alerts_block_and_an_unreachable_prometheus_fails_closed() {
+    use baton_tests::prometheus::{FIRING, PENDING, Prometheus};
+    let cluster = shared();
+    let ns = "cycle-alerts";
+    let (client, names) = setup(cluster, ns, 1).await;
+    let prometheus = Prometheus::start().await.unwrap();
+    let url = format!("--prometheus-url={}", prometheus.url());
+
+    // Nothing listens on this port: "could not check" blocks, it never permits.
+    let [closed] = baton_tests::cluster::free_ports().unwrap();
+    let unreachable = format!("--prometheus-url=http://127.0.0.1:{closed}");
+    let mut nodes = sims(cluster, ns, &names, Method::Command, &[&unreachable]);
+    flag_and_start(&mut nodes);
+    let why = wait_waiting(
+        &client,
+        &names[0],
+        "could not check Prometheus alerts",
+        None,
+    )
+    .await;
+    assert!(why.contains(&closed.to_string()), "names the URL: {why}");
+    assert_eq!(
+        nodes[0]
+            .metric("baton_blocked{blocker=\"alert\"}")
+            .await
+            .unwrap(),
+        Some(1.0)
+    );
+    assert_eq!(
+        lease_holder(&client, ns).await,
+        None,
+        "no lease while blocked"
+    );
+
+    let restart = async |node: &mut SimNode, extra: &[&str]| {
+        node.stop().await.unwrap();
+        node.set_extra(extra);
+        node.start().unwrap();
+    };
+    // Every active alert blocks by default, pending ones too; the reason names them.
+    restart(&mut nodes[0], &[&url]).await;
+    let why = wait_waiting(&client, &names[0], FIRING, None).await;
+    assert!(why.contains(PENDING), "{why}");
+    // Excluding the firing one by name leaves the pending one blocking...
+    restart(&mut nodes[0], &[&url, "--alert-filter-regexp=Firing$"]).await;
+    // (The old reason stays on the Node until the new agent replaces it.)
+    wait_waiting(&client, &names[0], PENDING, Some(FIRING)).await;
+    assert_eq!(
+        lease_holder(&client, ns).await,
+        None,
+        "no lease while blocked"
+    );
+    // ... and with --alert-firing-only nothing blocks: the node reboots.
+    restart(
+        &mut nodes[0],
+        &[&url, "--alert-filter-regexp=Firing$", "--alert-firing-only"],
+    )
+    .await;
+    roll(cluster, &client, ns, &names, &mut nodes).await;
+    assert_eq!(
+        nodes[0]
+            .metric("baton_blocked{blocker=\"alert\"}")
+            .await
+            .unwrap(),
+        Some(0.0)
+    );
+}
