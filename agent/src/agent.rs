@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, anyhow};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -44,6 +44,8 @@ const HEALTH_POLL: Duration = Duration::from_secs(2);
 /// The health gate applies to a reboot finished this recently (plus the settle time); an older
 /// one is history, not a hand-off in progress.
 const HEALTH_GATE_WINDOW: Duration = Duration::from_secs(30 * 60);
+/// The key of the pause ConfigMap that says why everything is paused.
+const PAUSE_REASON_KEY: &str = "reason";
 /// Margin added to a computed wake-up time (a Lease's expiry), so the check runs after it.
 const WAKE_MARGIN: Duration = Duration::from_millis(50);
 
@@ -152,6 +154,15 @@ pub async fn run(
         metrics.clone(),
         "node",
     ));
+    // The cluster-wide pause switch: a ConfigMap that exists while all nodes are paused.
+    let (pause_tx, pause_rx) = watch::channel(Seen::Unsynced);
+    tasks.spawn(watch_named(
+        Api::<ConfigMap>::namespaced(watch_client.clone(), &args.lock_namespace),
+        args.pause_configmap.clone(),
+        pause_tx,
+        metrics.clone(),
+        "pause configmap",
+    ));
     // One Lease per slot: `--concurrency` nodes may hold one each.
     let mut slots = Vec::new();
     // With --group-by-label, the limit applies per group: the slots are named after this node's
@@ -227,6 +238,7 @@ pub async fn run(
         ready,
         events: None,
         node_rx,
+        pause_rx,
         node: Latest {
             current: Seen::Unsynced,
         },
@@ -400,6 +412,7 @@ struct Agent {
     ready: Readiness,
     events: Option<Events>,
     node_rx: watch::Receiver<Seen<Node>>,
+    pause_rx: watch::Receiver<Seen<ConfigMap>>,
     node: Latest<Node>,
     window: crate::window::Window,
     watch_client: Client,
@@ -545,6 +558,7 @@ impl Agent {
         tokio::select! {
             () = holder_changed => {}
             r = self.node_rx.changed() => if r.is_err() { tracing::error!("node watch stopped") },
+            r = self.pause_rx.changed() => if r.is_err() { tracing::error!("pause watch stopped") },
             r = futures::future::select_all(self.slots.iter_mut().map(|s| Box::pin(s.rx.changed()))) => {
                 if r.0.is_err() { tracing::error!("lease watch stopped") }
             },
@@ -664,17 +678,24 @@ impl Agent {
         self.act(step, &node, &state, &boot_id, &flag).await
     }
 
-    /// Why no new cycle may start now, if so: a cluster-wide pause (annotation on the Lease), a
-    /// pause of this node, or the reboot window. Also sets the matching gauges.
+    /// Why no new cycle may start now, if so: a cluster-wide pause (the `--pause-configmap`
+    /// exists, or has not been read yet), a pause of this node, or the reboot window. Also sets
+    /// the matching gauges.
     fn gate(&self, node_annotations: &BTreeMap<String, String>) -> Option<String> {
-        // The cluster-wide pause lives on the first slot's Lease (`--lock-name`).
-        let cluster = match &self.slots[0].seen.current {
-            Seen::Present(l) => l
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(node::PAUSE).cloned()),
-            _ => None,
+        let switch = format!(
+            "ConfigMap {}/{}",
+            self.args.lock_namespace, self.args.pause_configmap
+        );
+        let cluster = match &*self.pause_rx.borrow() {
+            Seen::Unsynced => Some(format!("{switch} not read yet")),
+            Seen::Missing => None,
+            Seen::Present(cm) => Some(format!(
+                "{switch} exists: {}",
+                cm.data
+                    .as_ref()
+                    .and_then(|d| d.get(PAUSE_REASON_KEY))
+                    .map_or("no reason given", String::as_str)
+            )),
         };
         let here = node_annotations.get(node::PAUSE).cloned();
         let window = self.window.check(jiff::Timestamp::now());
@@ -697,10 +718,7 @@ impl Agent {
             .with_label_values(&["pdb"])
             .set(i64::from(preflight.is_some()));
         if let Some(r) = cluster {
-            Some(format!(
-                "paused cluster-wide ({} on the Lease): {r}",
-                node::PAUSE
-            ))
+            Some(format!("paused cluster-wide ({r})"))
         } else if let Some(r) = here {
             Some(format!("paused on this node ({}): {r}", node::PAUSE))
         } else if let Some(why) = window.err() {

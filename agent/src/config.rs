@@ -93,6 +93,12 @@ pub struct AgentArgs {
     #[arg(long, env = "BATON_LOCK_NAME", default_value = "baton", value_parser = parse_dns_subdomain)]
     pub lock_name: String,
 
+    /// While a ConfigMap of this name exists in --lock-namespace, no node starts a cycle (its
+    /// `reason` key says why): the cluster-wide pause.
+    #[arg(long, env = "BATON_PAUSE_CONFIGMAP", default_value = "baton-pause",
+          value_parser = parse_dns_subdomain)]
+    pub pause_configmap: String,
+
     /// How long a holder that stopped renewing keeps the Lease before others may take it over.
     #[arg(long, env = "BATON_LOCK_TTL", default_value = "30m", value_parser = parse_lock_ttl, allow_hyphen_values = true)]
     pub lock_ttl: Duration,

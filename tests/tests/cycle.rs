@@ -11,7 +11,7 @@ use baton_tests::rollout::drive;
 use baton_tests::{Cluster, fixtures, shared, wait_for};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Node};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -798,14 +798,15 @@ async fn outside_the_window_or_paused_a_flagged_node_waits_and_says_why() {
     })
     .await
     .unwrap();
-    set_lease(&client, ns, "", 60).await;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
-    leases
-        .patch(
-            "baton",
-            &PatchParams::default(),
-            &Patch::Merge(annotate(Some("change freeze"))),
-        )
+    // The cluster-wide switch: a ConfigMap in the Lease's namespace, paused while it exists.
+    let switches: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let switch: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "baton-pause"},
+        "data": {"reason": "change freeze"},
+    }))
+    .unwrap();
+    switches
+        .create(&PostParams::default(), &switch)
         .await
         .unwrap();
     nodes_api
@@ -834,12 +835,8 @@ async fn outside_the_window_or_paused_a_flagged_node_waits_and_says_why() {
     assert_eq!(lease_holder(&client, ns).await, None);
 
     // Lifting the pause lets the cycle run; the wait reason is cleared.
-    leases
-        .patch(
-            "baton",
-            &PatchParams::default(),
-            &Patch::Merge(annotate(None)),
-        )
+    switches
+        .delete("baton-pause", &Default::default())
         .await
         .unwrap();
     roll(cluster, &client, ns, &names, &mut nodes).await;

@@ -14,7 +14,7 @@ use baton_tests::rollout::{drive, wait_idle};
 use baton_tests::{Cluster, fixtures, shared, wait_for};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -196,6 +196,18 @@ async fn the_manifests_install_and_their_least_privilege_is_enough() {
             .create(&PostParams::default(), &lease)
             .await,
         "writing a Lease outside baton-system",
+    );
+    // The pause switch can be read (it does not exist), not written.
+    let switches = Api::<ConfigMap>::namespaced(first.clone(), "baton-system");
+    assert!(
+        switches.get_opt("baton-pause").await.unwrap().is_none(),
+        "the agent reads the pause ConfigMap"
+    );
+    let switch: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "baton-pause"}})).unwrap();
+    forbidden(
+        switches.create(&PostParams::default(), &switch).await,
+        "creating the pause ConfigMap",
     );
     // Node-scoped writes: its own Node yes, another one no (the ValidatingAdmissionPolicy).
     let touch = json!({"metadata": {"annotations": {"baton.test/touched": "yes"}}});
