@@ -44,6 +44,12 @@ const HEALTH_POLL: Duration = Duration::from_secs(2);
 /// The health gate applies to a reboot finished this recently (plus the settle time); an older
 /// one is history, not a hand-off in progress.
 const HEALTH_GATE_WINDOW: Duration = Duration::from_secs(30 * 60);
+/// Node labels that mark a control-plane node (the second is the pre-1.24 name, still set by
+/// some distributions).
+const CONTROL_PLANE_LABELS: [&str; 2] = [
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/master",
+];
 /// The key of the pause ConfigMap that says why everything is paused.
 const PAUSE_REASON_KEY: &str = "reason";
 /// Margin added to a computed wake-up time (a Lease's expiry), so the check runs after it.
@@ -163,29 +169,40 @@ pub async fn run(
         metrics.clone(),
         "pause configmap",
     ));
-    // One Lease per slot: `--concurrency` nodes may hold one each.
-    let mut slots = Vec::new();
-    // With --group-by-label, the limit applies per group: the slots are named after this node's
-    // value of the label (read once at start; a node does not move between zones).
+    // One Lease per slot: `--concurrency` nodes may hold one each. With --group-by-label, the
+    // limit applies per group: the slots are named after this node's value of the label. A
+    // control-plane node also needs the control-plane Lease when slots alone could let two
+    // control-plane nodes go at once. Labels are read once at start (a node does not move).
+    let parallel = args.concurrency > 1 || args.group_by_label.is_some();
+    let labels = if args.group_by_label.is_some() || (parallel && args.serialize_control_plane) {
+        Api::<Node>::all(client.clone())
+            .get(&args.node_name)
+            .await
+            .with_context(|| format!("reading node {}'s labels", args.node_name))?
+            .metadata
+            .labels
+            .unwrap_or_default()
+    } else {
+        BTreeMap::new()
+    };
     let base = match &args.group_by_label {
         None => args.lock_name.clone(),
-        Some(key) => {
-            let me: Node = Api::<Node>::all(client.clone())
-                .get(&args.node_name)
-                .await
-                .with_context(|| format!("reading node {} for --group-by-label", args.node_name))?;
-            let value = me
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(key))
-                .cloned()
-                .unwrap_or_default();
-            crate::lease::group_lock_name(&args.lock_name, &value)
-        }
+        Some(key) => crate::lease::group_lock_name(
+            &args.lock_name,
+            labels.get(key).map_or("", String::as_str),
+        ),
     };
-    tracing::info!(lease = %base, slots = args.concurrency, "coordinating through");
-    for name in crate::lease::slot_names(&base, args.concurrency) {
+    let mut names = crate::lease::slot_names(&base, args.concurrency);
+    let group_slots = names.len();
+    let control_plane = parallel
+        && args.serialize_control_plane
+        && CONTROL_PLANE_LABELS.iter().any(|l| labels.contains_key(*l));
+    if control_plane {
+        names.push(crate::lease::control_plane_lock_name(&args.lock_name));
+    }
+    tracing::info!(lease = %base, slots = args.concurrency, control_plane, "coordinating through");
+    let mut slots = Vec::new();
+    for name in names {
         let (tx, rx) = watch::channel(Seen::Unsynced);
         let client_for_slot = LeaseClient::new(
             Api::namespaced(client.clone(), &args.lock_namespace),
@@ -233,7 +250,9 @@ pub async fn run(
         drainer,
         client,
         slots,
+        group_slots,
         slot: 0,
+        decider: None,
         metrics,
         ready,
         events: None,
@@ -405,9 +424,14 @@ struct Agent {
     client: Client,
     nodes: Api<Node>,
     drainer: Drainer,
+    /// The group's slots, then (for a control-plane node) the control-plane Lease.
     slots: Vec<Slot>,
-    /// The slot this agent holds, or would take, or waits for.
+    /// How many of `slots` are the group's.
+    group_slots: usize,
+    /// The group slot this agent holds, or would take, or waits for.
     slot: usize,
+    /// The Lease that decides now: the one waited on, or the next to take.
+    decider: Option<usize>,
     metrics: Metrics,
     ready: Readiness,
     events: Option<Events>,
@@ -539,10 +563,10 @@ impl Agent {
         if let Some(t) = self.health_retry_at {
             wake = wake.min(t);
         }
-        if let Some(t) = self.slots[self.slot]
-            .observer
-            .holder_gone_at(self.holder_node, self.args.lock_holder_not_ready_timeout)
-        {
+        if let Some(t) = self.decider.and_then(|i| self.slots.get(i)).and_then(|s| {
+            s.observer
+                .holder_gone_at(self.holder_node, self.args.lock_holder_not_ready_timeout)
+        }) {
             wake = wake.min(t + WAKE_MARGIN);
         }
         let holder_changed = async {
@@ -618,10 +642,13 @@ impl Agent {
                     .view(&self.args.node_name, self.args.lock_ttl, now),
             );
         }
-        let start = crate::lease::start_slot(&self.args.node_name, views.len());
-        self.slot = crate::lease::pick_slot(&views, start);
-        let mut view = views.swap_remove(self.slot);
-        if let LeaseView::Held { holder, expired } = &mut view {
+        let groups = &views[..self.group_slots];
+        let start = crate::lease::start_slot(&self.args.node_name, groups.len());
+        self.slot = crate::lease::pick_slot(groups, start);
+        let needed = self.needed();
+        let mut needed_views: Vec<LeaseView> = needed.iter().map(|&i| views[i].clone()).collect();
+        let (mut view, mut decider) = crate::lease::combine(&needed_views);
+        if let (LeaseView::Held { holder, expired }, Some(k)) = (&view, decider) {
             if self.holder.as_ref().is_none_or(|h| h.name != *holder) {
                 self.holder = Some(HolderWatch::start(
                     &self.watch_client,
@@ -634,17 +661,23 @@ impl Agent {
             }
             let limit = self.args.lock_holder_not_ready_timeout;
             if !*expired
-                && self.slots[self.slot]
+                && self.slots[needed[k]]
                     .observer
                     .holder_gone(self.holder_node, limit, now)
             {
                 tracing::warn!(%holder, node = ?self.holder_node, "the lease holder's node is gone: the lease may be taken over");
-                *expired = true;
+                needed_views[k] = LeaseView::Held {
+                    holder: holder.clone(),
+                    expired: true,
+                };
+                (view, decider) = crate::lease::combine(&needed_views);
             }
         } else {
             self.holder = None;
             self.holder_node = HolderNode::Unknown;
         }
+        self.decider = decider.map(|k| needed[k]);
+        let partly_held = view != LeaseView::Mine && needed_views.contains(&LeaseView::Mine);
 
         self.metrics.reboot_required.set(flag.gauge());
         self.metrics
@@ -673,6 +706,7 @@ impl Agent {
             now: SystemTime::now(),
             max_reboot_attempts: self.args.max_reboot_attempts,
             gate: gate.as_deref(),
+            partly_held,
         });
         tracing::debug!(?step, phase = state.phase.as_str(), ?view, "decided");
         self.act(step, &node, &state, &boot_id, &flag).await
@@ -862,33 +896,30 @@ impl Agent {
                 self.note_wait(&why);
                 Ok(Progress::Wait)
             }
-            Step::Acquire => match self.slots[self.slot]
-                .client
-                .acquire(
-                    self.slots[self.slot].observer.last(),
-                    owner_of(node).as_ref(),
-                )
-                .await
-            {
-                Ok(lease) => {
-                    tracing::info!(node = %name, "took the lease");
-                    self.slots[self.slot]
-                        .seen
-                        .offer(Seen::Present(Box::new(lease)));
-                    Ok(Progress::Again)
+            Step::Acquire => {
+                let slot = &mut self.slots[self.decider.unwrap_or(self.slot)];
+                match slot
+                    .client
+                    .acquire(slot.observer.last(), owner_of(node).as_ref())
+                    .await
+                {
+                    Ok(lease) => {
+                        tracing::info!(node = %name, lease = slot.client.name(), "took the lease");
+                        slot.seen.offer(Seen::Present(Box::new(lease)));
+                        Ok(Progress::Again)
+                    }
+                    Err(LeaseError::HeldByOther(h)) => {
+                        // Lost a race: record the Lease as it is now (the watch may lag), so
+                        // the next decision sees it held and another slot may be tried at once.
+                        let fresh = slot.client.get().await?;
+                        slot.seen
+                            .offer(fresh.map_or(Seen::Missing, |l| Seen::Present(Box::new(l))));
+                        self.note_wait(&format!("the lease is held by {h}"));
+                        Ok(Progress::Again)
+                    }
+                    Err(e) => Err(e.into()),
                 }
-                Err(LeaseError::HeldByOther(h)) => {
-                    // Lost a race: record the Lease as it is now (the watch may lag), so the
-                    // next decision sees it held and another slot may be tried at once.
-                    self.note_wait(&format!("the lease is held by {h}"));
-                    let fresh = self.slots[self.slot].client.get().await?;
-                    self.slots[self.slot]
-                        .seen
-                        .offer(fresh.map_or(Seen::Missing, |l| Seen::Present(Box::new(l))));
-                    Ok(Progress::Again)
-                }
-                Err(e) => Err(e.into()),
-            },
+            }
             Step::Release => {
                 // Right after a reboot, the baton passes on only once this node is healthy.
                 if let Some(why) = self.health_gate(node).await? {
@@ -1104,17 +1135,43 @@ impl Agent {
         Ok(None)
     }
 
+    /// Releases every Lease this node holds (its slot, and the control-plane Lease).
     async fn release(&mut self) -> anyhow::Result<()> {
         let me = self.args.node_name.clone();
-        let slot = &mut self.slots[self.slot];
-        let lease = slot.client.release().await.context("releasing the lease")?;
-        if let Some(l) = lease {
-            if Record::from_lease(&l).holder.is_none() {
-                tracing::info!(node = %me, "released the lease");
+        let mut held = self.held();
+        if held.is_empty() {
+            held.push(self.slot);
+        }
+        for i in held {
+            let slot = &mut self.slots[i];
+            let lease = slot.client.release().await.context("releasing the lease")?;
+            if let Some(l) = lease {
+                if Record::from_lease(&l).holder.is_none() {
+                    tracing::info!(node = %me, lease = slot.client.name(), "released the lease");
+                }
+                slot.seen.offer(Seen::Present(Box::new(l)));
             }
-            slot.seen.offer(Seen::Present(Box::new(l)));
         }
         Ok(())
+    }
+
+    /// The slots this node needs at once: the control-plane Lease first (so a control-plane
+    /// node waiting for it holds nothing of its group's), then its group slot.
+    fn needed(&self) -> Vec<usize> {
+        (self.group_slots..self.slots.len())
+            .chain([self.slot])
+            .collect()
+    }
+
+    /// The slots this node holds, as last seen.
+    fn held(&self) -> Vec<usize> {
+        let me = self.args.node_name.as_str();
+        (0..self.slots.len())
+            .filter(|&i| {
+                matches!(&self.slots[i].seen.current, Seen::Present(l)
+                    if Record::from_lease(l).holder.as_deref() == Some(me))
+            })
+            .collect()
     }
 
     async fn drain(
@@ -1225,14 +1282,16 @@ impl Agent {
             self.note_wait("reboot triggered; waiting for the host to go down");
             return Ok(Progress::Wait);
         }
-        // Fencing: a successful renewal proves this node holds the Lease right now.
-        let slot = &mut self.slots[self.slot];
-        match slot.client.renew().await {
-            Ok(l) => slot.seen.offer(Seen::Present(Box::new(l))),
-            Err(e) => {
-                self.metrics.errors.with_label_values(&["fence"]).inc();
-                tracing::warn!(error = %e, "not rebooting: this node does not hold the lease");
-                return Ok(Progress::Wait);
+        // Fencing: a successful renewal proves this node holds every Lease it needs right now.
+        for i in self.needed() {
+            let slot = &mut self.slots[i];
+            match slot.client.renew().await {
+                Ok(l) => slot.seen.offer(Seen::Present(Box::new(l))),
+                Err(e) => {
+                    self.metrics.errors.with_label_values(&["fence"]).inc();
+                    tracing::warn!(error = %e, lease = slot.client.name(), "not rebooting: this node does not hold the lease");
+                    return Ok(Progress::Wait);
+                }
             }
         }
         let next = NodeState {
@@ -1376,15 +1435,7 @@ impl Agent {
             .is_ok_and(|s| s.phase == Phase::Idle),
             _ => true,
         };
-        let me = self.args.node_name.clone();
-        let held = self.slots.iter().position(|s| {
-            matches!(&s.seen.current, Seen::Present(l)
-            if Record::from_lease(l).holder.as_deref() == Some(me.as_str()))
-        });
-        if let Some(i) = held {
-            self.slot = i;
-        }
-        let mine = held.is_some();
+        let mine = !self.held().is_empty();
         if idle && mine {
             tracing::info!("stopping while idle: releasing the lease");
             self.release().await?;

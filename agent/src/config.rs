@@ -114,6 +114,12 @@ pub struct AgentArgs {
     #[arg(long, env = "BATON_GROUP_BY_LABEL")]
     pub group_by_label: Option<String>,
 
+    /// Never two control-plane nodes (labelled `node-role.kubernetes.io/control-plane` or
+    /// `.../master`) at once, whatever --concurrency and --group-by-label allow: they also hold
+    /// the Lease `<lock-name>-control-plane`.
+    #[arg(long, env = "BATON_SERIALIZE_CONTROL_PLANE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub serialize_control_plane: bool,
+
     /// Take over the Lease from a holder whose Node has been NotReady this long without
     /// renewing (a deleted holder Node frees it at once).
     #[arg(long, env = "BATON_LOCK_HOLDER_NOT_READY_TIMEOUT", default_value = "15m",

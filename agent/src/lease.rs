@@ -91,6 +91,29 @@ pub fn pick_slot(views: &[LeaseView], start: usize) -> usize {
         .unwrap_or(0)
 }
 
+/// The Leases one node needs at once (its slot, and for a control-plane node the control-plane
+/// Lease), judged together: `Mine` when all are ours; else held by the first other holder that
+/// has not expired; else takeable. Also returns the index of the Lease that decides (the one
+/// to wait on, or the first to take), `None` when all are ours.
+pub fn combine(views: &[LeaseView]) -> (LeaseView, Option<usize>) {
+    if let Some(i) = views
+        .iter()
+        .position(|v| matches!(v, LeaseView::Held { expired: false, .. }))
+    {
+        return (views[i].clone(), Some(i));
+    }
+    match views.iter().position(|v| *v != LeaseView::Mine) {
+        Some(i) => (views[i].clone(), Some(i)),
+        None => (LeaseView::Mine, None),
+    }
+}
+
+/// The name of the extra Lease every control-plane node also holds during its cycle, so that
+/// groups or slots never take two control-plane nodes at once.
+pub fn control_plane_lock_name(lock_name: &str) -> String {
+    format!("{lock_name}-control-plane")
+}
+
 /// A stable starting slot for node `me` among `n` slots.
 pub fn start_slot(me: &str, n: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -393,6 +416,11 @@ impl LeaseClient {
         Err(LeaseError::Conflict)
     }
 
+    /// The Lease's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Releases the Lease if this node holds it. Returns the Lease as it now is (`None` if
     /// it does not exist).
     pub async fn release(&self) -> Result<Option<Lease>, LeaseError> {
@@ -503,6 +531,25 @@ mod tests {
         o.observe(Some(&rec(Some("b"), "r2")), at(650));
         assert!(!o.holder_gone(nr, limit, at(701)));
         assert!(o.holder_gone(nr, limit, at(1251)));
+    }
+
+    #[test]
+    fn needed_leases_count_as_ours_only_when_all_are() {
+        let held = |expired| LeaseView::Held {
+            holder: "b".into(),
+            expired,
+        };
+        use LeaseView::{Free, Mine};
+        assert_eq!(combine(&[Mine, Mine]), (Mine, None));
+        assert_eq!(combine(&[Mine]), (Mine, None));
+        // One held by another node decides, even when the other one is ours or free.
+        assert_eq!(combine(&[Mine, held(false)]), (held(false), Some(1)));
+        assert_eq!(combine(&[Free, held(false)]), (held(false), Some(1)));
+        // Else the first that is not ours is taken next.
+        assert_eq!(combine(&[Free, Free]), (Free, Some(0)));
+        assert_eq!(combine(&[Mine, Free]), (Free, Some(1)));
+        assert_eq!(combine(&[held(true), Mine]), (held(true), Some(0)));
+        assert!(combine(&[Mine, held(true)]).0.may_take());
     }
 
     #[test]

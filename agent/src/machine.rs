@@ -79,6 +79,8 @@ pub struct Observation<'a> {
     pub max_reboot_attempts: u32,
     /// Why no new cycle may start now (outside the window, paused), if so.
     pub gate: Option<&'a str>,
+    /// This node holds some of the Leases it needs but not all (`lease` is not `Mine`).
+    pub partly_held: bool,
 }
 
 /// Why the agent is waiting.
@@ -222,6 +224,15 @@ pub fn next_step(o: &Observation<'_>) -> Step {
 }
 
 fn idle(o: &Observation<'_>) -> Step {
+    // A node that cannot start now gives back the Leases it holds: holding one while waiting
+    // for another would only hold others up.
+    match idle_with_all(o) {
+        Step::Wait(_) if o.partly_held => Step::Release,
+        step => step,
+    }
+}
+
+fn idle_with_all(o: &Observation<'_>) -> Step {
     let s = o.state;
     let blocked = if let Some(reason) = o.gate {
         Some(Wait::Gated(reason.to_owned()))
@@ -313,6 +324,29 @@ mod tests {
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
             max_reboot_attempts: MAX,
             gate: None,
+            partly_held: false,
+        })
+    }
+
+    /// The step for a Ready, schedulable node with a gate and a partial hold.
+    fn step_gated(
+        flag: &Flag,
+        state: &NodeState,
+        lease: &LeaseView,
+        gate: Option<&str>,
+        partly_held: bool,
+    ) -> Step {
+        next_step(&Observation {
+            flag,
+            state,
+            node_ready: true,
+            node_unschedulable: false,
+            boot_id: BOOT,
+            lease,
+            now: SystemTime::UNIX_EPOCH,
+            max_reboot_attempts: MAX,
+            gate,
+            partly_held,
         })
     }
 
@@ -547,17 +581,7 @@ mod tests {
     #[test]
     fn a_closed_window_or_a_pause_blocks_only_new_cycles() {
         let gated = |state: &NodeState, lease: &LeaseView| {
-            next_step(&Observation {
-                flag: &required(),
-                state,
-                node_ready: true,
-                node_unschedulable: false,
-                boot_id: BOOT,
-                lease,
-                now: SystemTime::UNIX_EPOCH,
-                max_reboot_attempts: MAX,
-                gate: Some("paused"),
-            })
+            step_gated(&required(), state, lease, Some("paused"), false)
         };
         let idle = NodeState::default();
         assert_eq!(
@@ -575,6 +599,46 @@ mod tests {
         assert_eq!(
             gated(&rebooting("boot-0", 1), &LeaseView::Free),
             Step::Finish { uncordon: true }
+        );
+    }
+
+    #[test]
+    fn an_idle_node_holding_only_part_of_what_it_needs_gives_it_back() {
+        let partly = |flag: &Flag, state: &NodeState, lease: &LeaseView, gate| {
+            step_gated(flag, state, lease, gate, true)
+        };
+        let idle = NodeState::default();
+        // Waiting for the other Lease while holding one would hold others up.
+        assert_eq!(
+            partly(&required(), &idle, &held(false), None),
+            Step::Release
+        );
+        assert_eq!(
+            partly(&required(), &idle, &LeaseView::Free, Some("paused")),
+            Step::Release
+        );
+        assert_eq!(
+            partly(&Flag::NotRequired, &idle, &held(false), None),
+            Step::Release
+        );
+        // Takeable: take the rest.
+        assert_eq!(
+            partly(&required(), &idle, &LeaseView::Free, None),
+            Step::Acquire
+        );
+        assert_eq!(partly(&required(), &idle, &held(true), None), Step::Acquire);
+        // Mid-cycle nothing is given back early: a lost Lease aborts the drain as before.
+        let draining = NodeState {
+            phase: Phase::Draining,
+            cordoned_by_baton: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            partly(&required(), &draining, &held(false), None),
+            Step::Abort {
+                uncordon: true,
+                reason: AbortReason::LeaseLost
+            }
         );
     }
 

@@ -1042,34 +1042,48 @@ async fn with_concurrency_two_two_nodes_reboot_at_once_and_never_three() {
     });
 }
 
-#[tokio::test]
-async fn grouped_by_zone_each_zone_reboots_one_node_at_a_time() {
+/// The most nodes of one kind in a cycle at the same time, over the recorded phase changes;
+/// `kind` sorts nodes into kinds (`None`: not counted).
+fn max_at_once(
+    r: &baton_tests::observe::Record,
+    kind: impl Fn(&str) -> Option<&'static str>,
+) -> usize {
     use baton_tests::observe::Change;
+    let mut busy: BTreeMap<&str, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let mut max = 0;
+    for s in &r.log {
+        if let Change::Phase(node, phase) = &s.what
+            && let Some(k) = kind(node)
+        {
+            let set = busy.entry(k).or_default();
+            if phase.is_some() {
+                set.insert(node.clone());
+            } else {
+                set.remove(node);
+            }
+            max = max.max(set.len());
+        }
+    }
+    max
+}
+
+/// Creates namespace `ns` and one node per (name, zone, control-plane?), flags them all and
+/// rolls them with `--group-by-label` on the zone; returns the recorded phase changes.
+async fn roll_zoned(ns: &str, spec: &[(String, &str, bool)]) -> (Client, Recorder) {
     let cluster = shared();
-    let ns = "cycle-zones";
     let client = cluster.client().await.unwrap();
     cluster.namespace(&client, ns).await.unwrap();
-    let zone_of = |n: &str| {
-        if n.ends_with('1') || n.ends_with('2') {
-            "zone-a"
-        } else {
-            "zone-b"
+    for (name, zone, cp) in spec {
+        let mut labels = vec![
+            ("baton.test/group", ns),
+            ("topology.kubernetes.io/zone", *zone),
+        ];
+        if *cp {
+            labels.push(("node-role.kubernetes.io/control-plane", ""));
         }
-    };
-    let names: Vec<String> = (1..=4).map(|i| format!("{ns}-{i}")).collect();
-    for n in &names {
-        cluster
-            .add_nodes(
-                &client,
-                &[n],
-                &[
-                    ("baton.test/group", ns),
-                    ("topology.kubernetes.io/zone", zone_of(n)),
-                ],
-            )
-            .await
-            .unwrap();
+        cluster.add_nodes(&client, &[name], &labels).await.unwrap();
     }
+    let names: Vec<String> = spec.iter().map(|(n, _, _)| n.clone()).collect();
     let rec = Recorder::new();
     rec.nodes(&client, &format!("baton.test/group={ns}"));
     let mut nodes = sims(
@@ -1082,23 +1096,35 @@ async fn grouped_by_zone_each_zone_reboots_one_node_at_a_time() {
     flag_and_start(&mut nodes);
     roll(cluster, &client, ns, &names, &mut nodes).await;
     rec.stop();
-    rec.with(|r| {
-        let mut busy: BTreeMap<&str, std::collections::BTreeSet<String>> = BTreeMap::new();
-        let (mut max_zone, mut max_all) = (0, 0);
-        for s in &r.log {
-            if let Change::Phase(node, phase) = &s.what {
-                let zone = busy.entry(zone_of(node)).or_default();
-                if phase.is_some() {
-                    zone.insert(node.clone());
-                } else {
-                    zone.remove(node);
-                }
-                max_zone = max_zone.max(busy.values().map(|z| z.len()).max().unwrap_or(0));
-                max_all = max_all.max(busy.values().map(|z| z.len()).sum::<usize>());
-            }
+    (client, rec)
+}
+
+#[tokio::test]
+async fn grouped_by_zone_each_zone_reboots_one_node_at_a_time() {
+    let ns = "cycle-zones";
+    let zone_of = |n: &str| {
+        if n.ends_with('1') || n.ends_with('2') {
+            "zone-a"
+        } else {
+            "zone-b"
         }
-        assert_eq!(max_zone, 1, "one node at a time per zone");
-        assert!(max_all <= 2, "at most one per zone: {max_all}");
+    };
+    let spec: Vec<(String, &str, bool)> = (1..=4)
+        .map(|i| format!("{ns}-{i}"))
+        .map(|n| {
+            let zone = zone_of(&n);
+            (n, zone, false)
+        })
+        .collect();
+    let (client, rec) = roll_zoned(ns, &spec).await;
+    rec.with(|r| {
+        assert_eq!(
+            max_at_once(r, |n| Some(zone_of(n))),
+            1,
+            "one node at a time per zone"
+        );
+        let all = max_at_once(r, |_| Some("all"));
+        assert!(all <= 2, "at most one per zone: {all}");
     });
     // Each zone had a Lease of its own.
     let leases: Vec<String> = Api::<Lease>::namespaced(client.clone(), ns)
@@ -1247,5 +1273,45 @@ async fn firing_prometheus_alerts_block_and_an_unreachable_prometheus_fails_clos
             .await
             .unwrap(),
         Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn control_plane_nodes_in_different_zones_never_reboot_at_once() {
+    let ns = "cycle-ctrl";
+    // Two control-plane nodes, each alone in its zone (so the zones alone would let both go at
+    // once), and a worker next to the first.
+    let spec = [
+        (format!("{ns}-cp-a"), "zone-a", true),
+        (format!("{ns}-cp-b"), "zone-b", true),
+        (format!("{ns}-worker-a"), "zone-a", false),
+    ];
+    let (client, rec) = roll_zoned(ns, &spec).await;
+    rec.with(|r| {
+        assert_eq!(
+            max_at_once(r, |n| n.contains("-cp-").then_some("control-plane")),
+            1,
+            "one control-plane node at a time"
+        );
+        assert_eq!(
+            max_at_once(r, |n| Some(if n.ends_with("-b") {
+                "zone-b"
+            } else {
+                "zone-a"
+            })),
+            1,
+            "one node at a time per zone"
+        );
+    });
+    // The control-plane Lease was taken, and is free again.
+    let cp = Api::<Lease>::namespaced(client.clone(), ns)
+        .get("baton-control-plane")
+        .await
+        .unwrap();
+    assert_eq!(
+        cp.spec
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty()),
+        None
     );
 }
