@@ -231,6 +231,8 @@ pub async fn run(
                 current: Seen::Unsynced,
             },
             observer: Observer::new(Instant::now()),
+            holder: None,
+            holder_node: HolderNode::Unknown,
         });
     }
 
@@ -263,8 +265,6 @@ pub async fn run(
         },
         window: args.window(),
         watch_client: watch_client.clone(),
-        holder: None,
-        holder_node: HolderNode::Unknown,
         source_flag: Flag::Unknown("not checked yet".into()),
         next_check: Instant::now(),
         triggered_at: None,
@@ -416,6 +416,10 @@ struct Slot {
     rx: watch::Receiver<Seen<Lease>>,
     seen: Latest<Lease>,
     observer: Observer,
+    /// A watch on the Node of the slot's holder, while another node holds it and this node
+    /// wants it: a deleted or long-NotReady holder frees the slot before its TTL.
+    holder: Option<HolderWatch>,
+    holder_node: HolderNode,
 }
 
 struct Agent {
@@ -440,8 +444,6 @@ struct Agent {
     node: Latest<Node>,
     window: crate::window::Window,
     watch_client: Client,
-    holder: Option<HolderWatch>,
-    holder_node: HolderNode,
     source_flag: Flag,
     next_check: Instant,
     triggered_at: Option<Instant>,
@@ -563,27 +565,31 @@ impl Agent {
         if let Some(t) = self.health_retry_at {
             wake = wake.min(t);
         }
-        if let Some(t) = self.decider.and_then(|i| self.slots.get(i)).and_then(|s| {
-            s.observer
-                .holder_gone_at(self.holder_node, self.args.lock_holder_not_ready_timeout)
-        }) {
-            wake = wake.min(t + WAKE_MARGIN);
+        for slot in &self.slots {
+            if let Some(t) = slot
+                .observer
+                .holder_gone_at(slot.holder_node, self.args.lock_holder_not_ready_timeout)
+            {
+                wake = wake.min(t + WAKE_MARGIN);
+            }
+        }
+        let (mut leases, mut holders) = (Vec::new(), Vec::new());
+        for slot in &mut self.slots {
+            leases.push(Box::pin(slot.rx.changed()));
+            if let Some(h) = slot.holder.as_mut() {
+                holders.push(Box::pin(h.rx.changed()));
+            }
         }
         let holder_changed = async {
-            match self.holder.as_mut() {
-                Some(h) => {
-                    if h.rx.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                None => std::future::pending::<()>().await,
+            if holders.is_empty() || futures::future::select_all(holders).await.0.is_err() {
+                std::future::pending::<()>().await;
             }
         };
         tokio::select! {
             () = holder_changed => {}
             r = self.node_rx.changed() => if r.is_err() { tracing::error!("node watch stopped") },
             r = self.pause_rx.changed() => if r.is_err() { tracing::error!("pause watch stopped") },
-            r = futures::future::select_all(self.slots.iter_mut().map(|s| Box::pin(s.rx.changed()))) => {
+            r = futures::future::select_all(leases) => {
                 if r.0.is_err() { tracing::error!("lease watch stopped") }
             },
             () = tokio::time::sleep_until(wake) => {}
@@ -629,6 +635,10 @@ impl Agent {
             annotations.get(node::REBOOT_REQUESTED).map(String::as_str),
         );
         let now = Instant::now();
+        // Holders' Nodes are watched only while this node wants a Lease: most nodes, most of
+        // the time, want nothing and watch nothing.
+        let wants = matches!(flag, Flag::Required(_)) || state.phase != Phase::Idle;
+        let limit = self.args.lock_holder_not_ready_timeout;
         let mut views = Vec::with_capacity(self.slots.len());
         for slot in &mut self.slots {
             let record = match &slot.seen.current {
@@ -637,45 +647,39 @@ impl Agent {
                 Seen::Unsynced => return Ok(Progress::Wait),
             };
             slot.observer.observe(record.as_ref(), now);
-            views.push(
-                slot.observer
-                    .view(&self.args.node_name, self.args.lock_ttl, now),
-            );
+            let mut view = slot
+                .observer
+                .view(&self.args.node_name, self.args.lock_ttl, now);
+            match &mut view {
+                LeaseView::Held { holder, expired } if wants => {
+                    if slot.holder.as_ref().is_none_or(|h| h.name != *holder) {
+                        slot.holder = Some(HolderWatch::start(
+                            &self.watch_client,
+                            holder,
+                            &self.metrics,
+                        ));
+                    }
+                    if let Some(h) = slot.holder.as_mut() {
+                        slot.holder_node = h.observe(now);
+                    }
+                    if !*expired && slot.observer.holder_gone(slot.holder_node, limit, now) {
+                        tracing::warn!(%holder, lease = slot.client.name(), node = ?slot.holder_node, "the lease holder's node is gone: the lease may be taken over");
+                        *expired = true;
+                    }
+                }
+                _ => {
+                    slot.holder = None;
+                    slot.holder_node = HolderNode::Unknown;
+                }
+            }
+            views.push(view);
         }
         let groups = &views[..self.group_slots];
         let start = crate::lease::start_slot(&self.args.node_name, groups.len());
         self.slot = crate::lease::pick_slot(groups, start);
         let needed = self.needed();
-        let mut needed_views: Vec<LeaseView> = needed.iter().map(|&i| views[i].clone()).collect();
-        let (mut view, mut decider) = crate::lease::combine(&needed_views);
-        if let (LeaseView::Held { holder, expired }, Some(k)) = (&view, decider) {
-            if self.holder.as_ref().is_none_or(|h| h.name != *holder) {
-                self.holder = Some(HolderWatch::start(
-                    &self.watch_client,
-                    holder,
-                    &self.metrics,
-                ));
-            }
-            if let Some(h) = self.holder.as_mut() {
-                self.holder_node = h.observe(now);
-            }
-            let limit = self.args.lock_holder_not_ready_timeout;
-            if !*expired
-                && self.slots[needed[k]]
-                    .observer
-                    .holder_gone(self.holder_node, limit, now)
-            {
-                tracing::warn!(%holder, node = ?self.holder_node, "the lease holder's node is gone: the lease may be taken over");
-                needed_views[k] = LeaseView::Held {
-                    holder: holder.clone(),
-                    expired: true,
-                };
-                (view, decider) = crate::lease::combine(&needed_views);
-            }
-        } else {
-            self.holder = None;
-            self.holder_node = HolderNode::Unknown;
-        }
+        let needed_views: Vec<LeaseView> = needed.iter().map(|&i| views[i].clone()).collect();
+        let (view, decider) = crate::lease::combine(&needed_views);
         self.decider = decider.map(|k| needed[k]);
         let partly_held = view != LeaseView::Mine && needed_views.contains(&LeaseView::Mine);
 

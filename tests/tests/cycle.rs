@@ -490,16 +490,21 @@ async fn the_signal_method_sends_39_to_the_host_init() {
 
 /// Writes the Lease as held by `holder`, renewed now, for `seconds`.
 async fn set_lease(client: &Client, ns: &str, holder: &str, seconds: i32) {
+    set_named_lease(client, ns, "baton", holder, seconds).await;
+}
+
+/// Creates or overwrites Lease `name` as held by `holder` for `seconds`, renewed now.
+async fn set_named_lease(client: &Client, ns: &str, name: &str, holder: &str, seconds: i32) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
         k8s_openapi::jiff::Timestamp::now(),
     );
     let spec = json!({"holderIdentity": holder, "leaseDurationSeconds": seconds, "renewTime": now});
-    match leases.get_opt("baton").await.unwrap() {
+    match leases.get_opt(name).await.unwrap() {
         Some(_) => {
             leases
                 .patch(
-                    "baton",
+                    name,
                     &PatchParams::default(),
                     &Patch::Merge(json!({"spec": spec})),
                 )
@@ -508,8 +513,7 @@ async fn set_lease(client: &Client, ns: &str, holder: &str, seconds: i32) {
         }
         None => {
             let lease: Lease =
-                serde_json::from_value(json!({"metadata": {"name": "baton"}, "spec": spec}))
-                    .unwrap();
+                serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
             leases.create(&PostParams::default(), &lease).await.unwrap();
         }
     }
@@ -719,6 +723,53 @@ async fn a_holder_not_ready_for_too_long_without_renewing_loses_the_lock() {
         "not before the limit: {took:?}"
     );
     println!("lock taken over {took:?} after the holder's node went NotReady");
+}
+
+#[tokio::test]
+async fn any_slot_whose_holder_stays_not_ready_is_taken_over_not_only_the_first() {
+    let cluster = shared();
+    let ns = "cycle-slots-stuck";
+    let (client, names) = setup(cluster, ns, 3).await;
+    // Both slots held for an hour: the first by a healthy node, the second by one that dies.
+    set_named_lease(&client, ns, "baton", &names[0], 3600).await;
+    set_named_lease(&client, ns, "baton-1", &names[1], 3600).await;
+    let mut nodes = sims(
+        cluster,
+        ns,
+        &names[2..],
+        Method::Command,
+        &["--concurrency=2", "--lock-holder-not-ready-timeout=3s"],
+    );
+    flag_and_start(&mut nodes);
+    nodes[0].wait_ready(SETTLE).await.unwrap();
+    cluster.node_down(&client, &names[1]).await.unwrap();
+    let down = tokio::time::Instant::now();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let holder = |name: &'static str| {
+        let leases = leases.clone();
+        async move {
+            leases
+                .get(name)
+                .await
+                .map(|l| l.spec.and_then(|s| s.holder_identity).unwrap_or_default())
+        }
+    };
+    wait_for("node 3 to take the second slot over", SETTLE, || async {
+        Ok((holder("baton-1").await? == names[2]).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", nodes[0].log()));
+    let took = down.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "not before the limit: {took:?}"
+    );
+    println!("second slot taken over {took:?} after its holder's node went NotReady");
+    assert_eq!(
+        holder("baton").await.unwrap(),
+        names[0],
+        "a Ready holder keeps its slot"
+    );
 }
 
 #[tokio::test]
