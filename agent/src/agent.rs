@@ -1429,18 +1429,32 @@ impl Agent {
     /// On a stop request: an idle holder releases the Lease; mid-cycle everything is kept, so
     /// the next start resumes (the reboot itself stops the agent).
     async fn stop(&mut self) -> anyhow::Result<()> {
-        let idle = match &self.node.current {
-            Seen::Present(n) => node::read_state(
+        let node = match &self.node.current {
+            Seen::Present(n) => Some((**n).clone()),
+            _ => None,
+        };
+        let idle = node.as_ref().is_none_or(|n| {
+            node::read_state(
                 n.metadata
                     .annotations
                     .as_ref()
                     .unwrap_or(&Default::default()),
             )
-            .is_ok_and(|s| s.phase == Phase::Idle),
-            _ => true,
-        };
+            .is_ok_and(|s| s.phase == Phase::Idle)
+        });
         let mine = !self.held().is_empty();
-        if idle && mine {
+        // Right after a reboot the baton passes on only through the health gate; a restart
+        // then (a DaemonSet update, say) keeps it, and the next start resumes the gate.
+        let gated = match (&node, idle && mine) {
+            (Some(n), true) => match self.health_gate(n).await {
+                Ok(why) => why,
+                Err(e) => Some(format!("could not check the health gate ({e:#})")),
+            },
+            _ => None,
+        };
+        if let Some(why) = gated {
+            tracing::info!(reason = %why, "stopping during the post-reboot health gate: keeping the lease");
+        } else if idle && mine {
             tracing::info!("stopping while idle: releasing the lease");
             self.release().await?;
         } else if mine {

@@ -241,6 +241,44 @@ async fn one_flagged_node_goes_through_the_whole_cycle() {
 }
 
 #[tokio::test]
+async fn an_agent_restarted_during_the_health_gate_keeps_the_baton_until_it_passes() {
+    let cluster = shared();
+    let ns = "cycle-gate-restart";
+    let (client, names) = setup(cluster, ns, 1).await;
+    let mut nodes = sims(cluster, ns, &names, Method::Command, &["--settle-time=15s"]);
+    flag_and_start(&mut nodes);
+    nodes[0]
+        .wait_triggered(ROLLOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", nodes[0].log()));
+    nodes[0].reboot(cluster, &client).await.unwrap();
+    // Rebooted and uncordoned (no phase any more), still holding the baton while it settles.
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    wait_for("the reboot to be finished", SETTLE, || async {
+        Ok(phase(&nodes_api.get(&names[0]).await?)
+            .is_none()
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        lease_holder(&client, ns).await.as_deref(),
+        Some(names[0].as_str())
+    );
+    // A restart now (say, a DaemonSet update) must not pass the baton on early.
+    nodes[0].stop().await.unwrap();
+    assert_eq!(
+        lease_holder(&client, ns).await.as_deref(),
+        Some(names[0].as_str()),
+        "kept through the restart:\n{}",
+        nodes[0].log()
+    );
+    assert!(nodes[0].log().contains("keeping the lease"));
+    nodes[0].start().unwrap();
+    wait_clean(&client, ns, &names, &[]).await;
+}
+
+#[tokio::test]
 async fn three_flagged_nodes_reboot_once_each_one_at_a_time() {
     let cluster = shared();
     let ns = "cycle-three";
