@@ -737,6 +737,39 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_documents_every_agent_flag_with_its_env_and_default() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../README.md");
+        let cli = Cli::command();
+        let agent = cli.find_subcommand("agent").unwrap();
+        for arg in agent.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["help", "version"].contains(&long) {
+                continue;
+            }
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{long}`")));
+            assert!(row.is_some(), "no README flags row for --{long}");
+            let row = row.unwrap();
+            let env = arg.get_env().unwrap().to_str().unwrap();
+            assert!(row.contains(&format!("`{env}`")), "{row}: no {env}");
+            let default = match arg.get_default_values().first() {
+                Some(d) => d.to_str().unwrap().to_owned(),
+                None if matches!(arg.get_action(), clap::ArgAction::SetTrue) => "false".into(),
+                None => continue,
+            };
+            if default.is_empty() {
+                continue;
+            }
+            assert!(
+                row.contains(&format!("`{default}`")),
+                "{row}: default {default:?} missing"
+            );
+        }
+    }
+
+    #[test]
     fn a_repeated_flag_takes_the_last_value_like_go_flags_do() {
         let a = parse(&[
             "--node-name",
