@@ -634,6 +634,14 @@ impl Agent {
             self.source_flag.clone(),
             annotations.get(node::REBOOT_REQUESTED).map(String::as_str),
         );
+        // No new cycle before the pause switch has been read (moments after start).
+        if state.phase == Phase::Idle
+            && matches!(flag, Flag::Required(_))
+            && matches!(*self.pause_rx.borrow(), Seen::Unsynced)
+        {
+            self.note_wait("reading the pause ConfigMap");
+            return Ok(Progress::Wait);
+        }
         let now = Instant::now();
         // Holders' Nodes are watched only while this node wants a Lease: most nodes, most of
         // the time, want nothing and watch nothing.
@@ -717,16 +725,14 @@ impl Agent {
     }
 
     /// Why no new cycle may start now, if so: a cluster-wide pause (the `--pause-configmap`
-    /// exists, or has not been read yet), a pause of this node, or the reboot window. Also sets
-    /// the matching gauges.
+    /// exists), a pause of this node, or the reboot window. Also sets the matching gauges.
     fn gate(&self, node_annotations: &BTreeMap<String, String>) -> Option<String> {
         let switch = format!(
             "ConfigMap {}/{}",
             self.args.lock_namespace, self.args.pause_configmap
         );
         let cluster = match &*self.pause_rx.borrow() {
-            Seen::Unsynced => Some(format!("{switch} not read yet")),
-            Seen::Missing => None,
+            Seen::Unsynced | Seen::Missing => None,
             Seen::Present(cm) => Some(format!(
                 "{switch} exists: {}",
                 cm.data
