@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -44,12 +44,9 @@ const HEALTH_POLL: Duration = Duration::from_secs(2);
 /// The health gate applies to a reboot finished this recently (plus the settle time); an older
 /// one is history, not a hand-off in progress.
 const HEALTH_GATE_WINDOW: Duration = Duration::from_secs(30 * 60);
-/// Node labels that mark a control-plane node (the second is the pre-1.24 name, still set by
-/// some distributions).
-const CONTROL_PLANE_LABELS: [&str; 2] = [
-    "node-role.kubernetes.io/control-plane",
-    "node-role.kubernetes.io/master",
-];
+/// How long after start an unread pause ConfigMap only waits quietly: its first list takes
+/// milliseconds; longer means something is wrong, and the Node should say so.
+const PAUSE_READ_GRACE: Duration = Duration::from_secs(10);
 /// The key of the pause ConfigMap that says why everything is paused.
 const PAUSE_REASON_KEY: &str = "reason";
 /// Margin added to a computed wake-up time (a Lease's expiry), so the check runs after it.
@@ -172,37 +169,24 @@ pub async fn run(
     // One Lease per slot: `--concurrency` nodes may hold one each. With --group-by-label, the
     // limit applies per group: the slots are named after this node's value of the label. A
     // control-plane node also needs the control-plane Lease when slots alone could let two
-    // control-plane nodes go at once. Labels are read once at start (a node does not move).
-    let parallel = args.concurrency > 1 || args.group_by_label.is_some();
-    let labels = if args.group_by_label.is_some() || (parallel && args.serialize_control_plane) {
-        Api::<Node>::all(client.clone())
-            .get(&args.node_name)
-            .await
-            .with_context(|| format!("reading node {}'s labels", args.node_name))?
-            .metadata
-            .labels
-            .unwrap_or_default()
-    } else {
-        BTreeMap::new()
-    };
-    let base = match &args.group_by_label {
-        None => args.lock_name.clone(),
-        Some(key) => crate::lease::group_lock_name(
-            &args.lock_name,
-            labels.get(key).map_or("", String::as_str),
-        ),
-    };
-    let mut names = crate::lease::slot_names(&base, args.concurrency);
+    // control-plane nodes go at once. The labels are read at start; if they change later (a
+    // joining node is labelled after it registers), the agent exits and its restart re-reads.
+    let labels = Api::<Node>::all(client.clone())
+        .get(&args.node_name)
+        .await
+        .with_context(|| format!("reading node {}'s labels", args.node_name))?
+        .metadata
+        .labels
+        .unwrap_or_default();
+    let coordination = coordination_of(&args, &labels);
+    let mut names = crate::lease::slot_names(&coordination.base, args.concurrency);
     let group_slots = names.len();
-    let control_plane = parallel
-        && args.serialize_control_plane
-        && CONTROL_PLANE_LABELS.iter().any(|l| labels.contains_key(*l));
-    if control_plane {
+    if coordination.control_plane {
         names.push(crate::lease::control_plane_lock_name(&args.lock_name));
     }
-    tracing::info!(lease = %base, slots = args.concurrency, control_plane, "coordinating through");
+    tracing::info!(lease = %coordination.base, slots = args.concurrency, control_plane = coordination.control_plane, "coordinating through");
     let mut slots = Vec::new();
-    for name in names {
+    for (i, name) in names.into_iter().enumerate() {
         let (tx, rx) = watch::channel(Seen::Unsynced);
         let client_for_slot = LeaseClient::new(
             Api::namespaced(client.clone(), &args.lock_namespace),
@@ -233,6 +217,9 @@ pub async fn run(
             observer: Observer::new(Instant::now()),
             holder: None,
             holder_node: HolderNode::Unknown,
+            // The control-plane Lease is held through exactly the long NotReady spell of a
+            // control-plane reboot: taking it over then would take a second one down.
+            not_ready_takeover: i < group_slots,
         });
     }
 
@@ -253,6 +240,8 @@ pub async fn run(
         client,
         slots,
         group_slots,
+        coordination,
+        started: Instant::now(),
         slot: 0,
         decider: None,
         metrics,
@@ -420,6 +409,8 @@ struct Slot {
     /// wants it: a deleted or long-NotReady holder frees the slot before its TTL.
     holder: Option<HolderWatch>,
     holder_node: HolderNode,
+    /// Whether a holder NotReady for too long loses the slot (a deleted one always does).
+    not_ready_takeover: bool,
 }
 
 struct Agent {
@@ -432,6 +423,10 @@ struct Agent {
     slots: Vec<Slot>,
     /// How many of `slots` are the group's.
     group_slots: usize,
+    /// The Leases chosen from this node's labels at start.
+    coordination: crate::lease::Coordination,
+    /// When the agent started.
+    started: Instant,
     /// The group slot this agent holds, or would take, or waits for.
     slot: usize,
     /// The Lease that decides now: the one waited on, or the next to take.
@@ -484,6 +479,16 @@ impl Agent {
                 self.check_flag().await;
             }
             self.node.offer(self.node_rx.borrow_and_update().clone());
+            if let Seen::Present(n) = &self.node.current {
+                let now = coordination_of(&self.args, n.labels());
+                if now != self.coordination {
+                    return Err(anyhow!(
+                        "this node's labels changed the Leases it coordinates through ({:?} → {:?}); exiting so that the restart uses the new ones",
+                        self.coordination,
+                        now
+                    ));
+                }
+            }
             for slot in &mut self.slots {
                 slot.seen.offer(slot.rx.borrow_and_update().clone());
             }
@@ -634,10 +639,14 @@ impl Agent {
             self.source_flag.clone(),
             annotations.get(node::REBOOT_REQUESTED).map(String::as_str),
         );
-        // No new cycle before the pause switch has been read (moments after start).
+        // No new cycle before the pause switch has been read. Moments after start that is
+        // no news and waits quietly; later (say, a Role without ConfigMaps) it is a gate that
+        // says so on the Node, and a Lease held meanwhile is given back.
         if state.phase == Phase::Idle
             && matches!(flag, Flag::Required(_))
             && matches!(*self.pause_rx.borrow(), Seen::Unsynced)
+            && self.started.elapsed() < PAUSE_READ_GRACE
+            && self.held().is_empty()
         {
             self.note_wait("reading the pause ConfigMap");
             return Ok(Progress::Wait);
@@ -668,7 +677,7 @@ impl Agent {
                         ));
                     }
                     if let Some(h) = slot.holder.as_mut() {
-                        slot.holder_node = h.observe(now);
+                        slot.holder_node = h.observe(now).for_takeover(slot.not_ready_takeover);
                     }
                     if !*expired && slot.observer.holder_gone(slot.holder_node, limit, now) {
                         tracing::warn!(%holder, lease = slot.client.name(), node = ?slot.holder_node, "the lease holder's node is gone: the lease may be taken over");
@@ -725,14 +734,18 @@ impl Agent {
     }
 
     /// Why no new cycle may start now, if so: a cluster-wide pause (the `--pause-configmap`
-    /// exists), a pause of this node, or the reboot window. Also sets the matching gauges.
+    /// exists, or could not be read), a pause of this node, or the reboot window. Also sets the
+    /// matching gauges.
     fn gate(&self, node_annotations: &BTreeMap<String, String>) -> Option<String> {
         let switch = format!(
             "ConfigMap {}/{}",
             self.args.lock_namespace, self.args.pause_configmap
         );
         let cluster = match &*self.pause_rx.borrow() {
-            Seen::Unsynced | Seen::Missing => None,
+            Seen::Unsynced => Some(format!(
+                "{switch} could not be read yet (can the agent's Role read ConfigMaps?)"
+            )),
+            Seen::Missing => None,
             Seen::Present(cm) => Some(format!(
                 "{switch} exists: {}",
                 cm.data
@@ -1432,8 +1445,9 @@ impl Agent {
         Ok(Progress::Again)
     }
 
-    /// On a stop request: an idle holder releases the Lease; mid-cycle everything is kept, so
-    /// the next start resumes (the reboot itself stops the agent).
+    /// On a stop request: an idle holder releases the Lease; mid-cycle, and while the
+    /// post-reboot health gate has not passed, everything is kept, so the next start resumes
+    /// (the reboot itself stops the agent). An agent that never comes back frees it at its TTL.
     async fn stop(&mut self) -> anyhow::Result<()> {
         let node = match &self.node.current {
             Seen::Present(n) => Some((**n).clone()),
@@ -1469,6 +1483,20 @@ impl Agent {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The Leases a node with `labels` coordinates through, under `args`.
+fn coordination_of(
+    args: &AgentArgs,
+    labels: &BTreeMap<String, String>,
+) -> crate::lease::Coordination {
+    crate::lease::Coordination::for_node(
+        &args.lock_name,
+        args.concurrency,
+        args.group_by_label.as_deref(),
+        args.serialize_control_plane,
+        labels,
+    )
 }
 
 /// An owner reference to this Node, for the Lease (deleted with the Node).

@@ -12,6 +12,9 @@ use hyper_util::rt::TokioExecutor;
 use regex::Regex;
 use serde::Deserialize;
 
+/// How many blocking alert names a reason lists: enough to act on, short enough for a Node
+/// annotation when hundreds fire.
+const NAMES_SHOWN: usize = 10;
 /// The largest alerts response read: thousands of alerts fit; a runaway body does not.
 const MAX_RESPONSE_BYTES: usize = 8 << 20;
 
@@ -292,21 +295,30 @@ impl Prometheus {
     /// Why no cycle may start because of alerts, if so. Fails closed: an error blocks.
     pub async fn gate(&self, filter: &Filter) -> Option<String> {
         match self.alerts().await {
-            Ok(alerts) => {
-                let names = filter.blocking(&alerts);
-                (!names.is_empty()).then(|| {
-                    format!(
-                        "blocked by active Prometheus alert(s): {}",
-                        names.join(", ")
-                    )
-                })
-            }
+            Ok(alerts) => describe(&filter.blocking(&alerts)),
             Err(e) => Some(format!(
                 "blocked: could not check Prometheus alerts ({})",
                 error_chain(&e)
             )),
         }
     }
+}
+
+/// The blocking alerts for humans (a Node annotation, a log line): the first few names, then
+/// how many more; `None` when nothing blocks.
+pub fn describe(names: &[String]) -> Option<String> {
+    let (shown, rest) = names.split_at(names.len().min(NAMES_SHOWN));
+    let more = if rest.is_empty() {
+        String::new()
+    } else {
+        format!(" and {} more", rest.len())
+    };
+    (!names.is_empty()).then(|| {
+        format!(
+            "blocked by active Prometheus alert(s): {}{more}",
+            shown.join(", ")
+        )
+    })
 }
 
 /// `e` and its sources on one line.
@@ -396,6 +408,20 @@ mod tests {
         ];
         assert_eq!(f.blocking(&alerts), ["A", "B"]);
         assert!(f.blocking(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_reason_lists_a_few_names_then_counts_the_rest() {
+        assert_eq!(describe(&[]), None);
+        let two = ["A".to_owned(), "B".to_owned()];
+        assert_eq!(
+            describe(&two).unwrap(),
+            "blocked by active Prometheus alert(s): A, B"
+        );
+        let many: Vec<String> = (0..25).map(|i| format!("Alert{i:02}")).collect();
+        let why = describe(&many).unwrap();
+        assert!(why.contains("Alert09") && !why.contains("Alert10"), "{why}");
+        assert!(why.ends_with(" and 15 more"), "{why}");
     }
 
     #[test]

@@ -108,6 +108,47 @@ pub fn combine(views: &[LeaseView]) -> (LeaseView, Option<usize>) {
     }
 }
 
+/// Node labels that mark a control-plane node (the second is the pre-1.24 name, still set by
+/// some distributions).
+pub const CONTROL_PLANE_LABELS: [&str; 2] = [
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/master",
+];
+
+/// Which Leases a node coordinates through, from its labels: the base name of its group's
+/// slots, and whether it also needs the control-plane Lease (only when slots or groups alone
+/// could let two control-plane nodes go at once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coordination {
+    /// The name of the first slot (`--lock-name`, or the group's).
+    pub base: String,
+    /// Whether the control-plane Lease is needed too.
+    pub control_plane: bool,
+}
+
+impl Coordination {
+    /// The coordination for a node with `labels`.
+    pub fn for_node(
+        lock_name: &str,
+        concurrency: u16,
+        group_by_label: Option<&str>,
+        serialize_control_plane: bool,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        let base = match group_by_label {
+            None => lock_name.to_owned(),
+            Some(key) => group_lock_name(lock_name, labels.get(key).map_or("", String::as_str)),
+        };
+        let parallel = concurrency > 1 || group_by_label.is_some();
+        Self {
+            base,
+            control_plane: parallel
+                && serialize_control_plane
+                && CONTROL_PLANE_LABELS.iter().any(|l| labels.contains_key(*l)),
+        }
+    }
+}
+
 /// The name of the extra Lease every control-plane node also holds during its cycle, so that
 /// groups or slots never take two control-plane nodes at once.
 pub fn control_plane_lock_name(lock_name: &str) -> String {
@@ -224,6 +265,18 @@ pub enum HolderNode {
     Ready,
     /// The Node has been NotReady since this instant (local monotonic clock).
     NotReadySince(Instant),
+}
+
+impl HolderNode {
+    /// What counts of the holder's Node for a takeover: for a Lease whose holder may not lose it
+    /// by being NotReady (the control-plane Lease: a control-plane node is NotReady exactly
+    /// while it reboots), NotReady counts as nothing known; deletion always counts.
+    pub fn for_takeover(self, not_ready_takeover: bool) -> HolderNode {
+        match self {
+            HolderNode::NotReadySince(_) if !not_ready_takeover => HolderNode::Unknown,
+            other => other,
+        }
+    }
 }
 
 impl Observer {
@@ -531,6 +584,56 @@ mod tests {
         o.observe(Some(&rec(Some("b"), "r2")), at(650));
         assert!(!o.holder_gone(nr, limit, at(701)));
         assert!(o.holder_gone(nr, limit, at(1251)));
+    }
+
+    #[test]
+    fn coordination_follows_the_labels_and_the_flags() {
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let zone = "topology.kubernetes.io/zone";
+        let cp = labels(&[(zone, "a"), ("node-role.kubernetes.io/control-plane", "")]);
+        // One slot for the whole cluster already serialises control-plane nodes.
+        let c = Coordination::for_node("baton", 1, None, true, &cp);
+        assert_eq!((c.base.as_str(), c.control_plane), ("baton", false));
+        let c = Coordination::for_node("baton", 2, None, true, &cp);
+        assert!(c.control_plane);
+        let c = Coordination::for_node("baton", 1, Some(zone), true, &cp);
+        assert!(c.control_plane && c.base.starts_with("baton-a-"));
+        assert!(!Coordination::for_node("baton", 2, None, false, &cp).control_plane);
+        let old = labels(&[("node-role.kubernetes.io/master", "true")]);
+        assert!(Coordination::for_node("baton", 2, None, true, &old).control_plane);
+        let worker = labels(&[(zone, "a")]);
+        assert!(!Coordination::for_node("baton", 2, None, true, &worker).control_plane);
+        // A label that appears later changes the answer (the agent then restarts).
+        assert_ne!(
+            Coordination::for_node("baton", 1, Some(zone), true, &labels(&[])),
+            Coordination::for_node("baton", 1, Some(zone), true, &worker)
+        );
+    }
+
+    #[test]
+    fn the_control_plane_lease_survives_a_not_ready_holder_but_not_a_deleted_one() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(t0);
+        o.observe(
+            Some(&Record {
+                holder: Some("cp-1".into()),
+                renew_time: Some("t".into()),
+                duration: Some(Duration::from_secs(3600)),
+            }),
+            t0,
+        );
+        let limit = Duration::from_secs(60);
+        let later = t0 + Duration::from_secs(600);
+        let not_ready = HolderNode::NotReadySince(t0);
+        assert!(o.holder_gone(not_ready.for_takeover(true), limit, later));
+        assert!(!o.holder_gone(not_ready.for_takeover(false), limit, later));
+        assert_eq!(o.holder_gone_at(not_ready.for_takeover(false), limit), None);
+        assert!(o.holder_gone(HolderNode::Missing.for_takeover(false), limit, later));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `baton` binary: parses the configuration, sets up logging and signals, and runs the
 //! agent. Bad input ends here with one line on stderr and a non-zero exit.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use baton::config::{AgentArgs, Cli, Command, DrainCommand, LogFormat, one_line_error};
@@ -47,6 +48,8 @@ fn drain(args: DrainCommand) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new("info,kube=warn"))
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: `kubectl logs` and log shippers get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
@@ -93,7 +96,9 @@ fn agent(args: AgentArgs) -> ExitCode {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: `kubectl logs` and log shippers get plain text.
+        .with_ansi(std::io::stderr().is_terminal());
     match args.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),

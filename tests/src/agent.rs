@@ -67,6 +67,8 @@ pub struct SimNode {
     agent: Option<Process>,
     catcher: Option<Process>,
     starts: u32,
+    /// The Leases this node held when its host last went down.
+    pub held_at_reboot: Vec<String>,
 }
 
 impl SimNode {
@@ -93,6 +95,7 @@ impl SimNode {
             agent: None,
             catcher: None,
             starts: 0,
+            held_at_reboot: Vec::new(),
         })
     }
 
@@ -233,6 +236,20 @@ impl SimNode {
         self.agent.as_mut().and_then(Process::exited)
     }
 
+    /// Waits until the agent exits on its own, up to `timeout`; returns how it exited.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{}'s agent did not exit within {timeout:?}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the agent triggered a reboot (the trigger file exists).
     pub async fn wait_triggered(&self, timeout: Duration) -> Result<()> {
         wait_for(
@@ -276,6 +293,11 @@ impl SimNode {
             .find(|(_, h)| h.as_deref() == Some(self.name.as_str()))
             .or_else(|| holders.iter().find(|(n, _)| n == "baton"))
             .and_then(|(_, h)| h.clone());
+        self.held_at_reboot = holders
+            .iter()
+            .filter(|(_, h)| h.as_deref() == Some(self.name.as_str()))
+            .map(|(n, _)| n.clone())
+            .collect();
         on_down(&self.name, holder.as_deref());
         self.stop().await?;
         cluster.node_down(client, &self.name).await?;

@@ -23,6 +23,8 @@ pub struct Driven {
     pub fencing_violations: Vec<String>,
     /// The order in which nodes rebooted.
     pub order: Vec<String>,
+    /// Each reboot's node and the Leases it held as its host went down.
+    pub held_at_reboot: Vec<(String, Vec<String>)>,
 }
 
 /// Reboots nodes as their agents ask, until every node in `nodes` has rebooted at least
@@ -59,6 +61,9 @@ pub async fn drive_with(
                     ));
                 }
                 driven.order.push(n.name.clone());
+                driven
+                    .held_at_reboot
+                    .push((n.name.clone(), n.held_at_reboot.clone()));
             }
             if let Some(status) = n.exited() {
                 bail!("the agent of {} exited ({status}):\n{}", n.name, n.log());

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use baton_tests::agent::{Method, SimNode};
 use baton_tests::observe::Recorder;
-use baton_tests::rollout::drive;
+use baton_tests::rollout::{Driven, drive};
 use baton_tests::{Cluster, fixtures, shared, wait_for};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -145,7 +145,7 @@ async fn roll(
     ns: &str,
     names: &[String],
     nodes: &mut [SimNode],
-) {
+) -> Driven {
     let driven = drive(cluster, client, nodes, 1, ROLLOUT).await.unwrap();
     assert!(
         driven.fencing_violations.is_empty(),
@@ -153,6 +153,7 @@ async fn roll(
         driven.fencing_violations
     );
     wait_clean(client, ns, names, &[]).await;
+    driven
 }
 
 async fn node_events(client: &Client, node: &str) -> Vec<Event> {
@@ -245,7 +246,7 @@ async fn an_agent_restarted_during_the_health_gate_keeps_the_baton_until_it_pass
     let cluster = shared();
     let ns = "cycle-gate-restart";
     let (client, names) = setup(cluster, ns, 1).await;
-    let mut nodes = sims(cluster, ns, &names, Method::Command, &["--settle-time=15s"]);
+    let mut nodes = sims(cluster, ns, &names, Method::Command, &["--settle-time=30s"]);
     flag_and_start(&mut nodes);
     nodes[0]
         .wait_triggered(ROLLOUT)
@@ -1158,7 +1159,7 @@ fn max_at_once(
 
 /// Creates namespace `ns` and one node per (name, zone, control-plane?), flags them all and
 /// rolls them with `--group-by-label` on the zone; returns the recorded phase changes.
-async fn roll_zoned(ns: &str, spec: &[(String, &str, bool)]) -> (Client, Recorder) {
+async fn roll_zoned(ns: &str, spec: &[(String, &str, bool)]) -> (Client, Recorder, Driven) {
     let cluster = shared();
     let client = cluster.client().await.unwrap();
     cluster.namespace(&client, ns).await.unwrap();
@@ -1183,9 +1184,9 @@ async fn roll_zoned(ns: &str, spec: &[(String, &str, bool)]) -> (Client, Recorde
         &["--group-by-label=topology.kubernetes.io/zone"],
     );
     flag_and_start(&mut nodes);
-    roll(cluster, &client, ns, &names, &mut nodes).await;
+    let driven = roll(cluster, &client, ns, &names, &mut nodes).await;
     rec.stop();
-    (client, rec)
+    (client, rec, driven)
 }
 
 #[tokio::test]
@@ -1205,7 +1206,7 @@ async fn grouped_by_zone_each_zone_reboots_one_node_at_a_time() {
             (n, zone, false)
         })
         .collect();
-    let (client, rec) = roll_zoned(ns, &spec).await;
+    let (client, rec, _) = roll_zoned(ns, &spec).await;
     rec.with(|r| {
         assert_eq!(
             max_at_once(r, |n| Some(zone_of(n))),
@@ -1375,7 +1376,21 @@ async fn control_plane_nodes_in_different_zones_never_reboot_at_once() {
         (format!("{ns}-cp-b"), "zone-b", true),
         (format!("{ns}-worker-a"), "zone-a", false),
     ];
-    let (client, rec) = roll_zoned(ns, &spec).await;
+    let (client, rec, driven) = roll_zoned(ns, &spec).await;
+    // Every host went down holding every Lease it needs: its zone's, and for a control-plane
+    // node the control-plane Lease too.
+    for (node, held) in &driven.held_at_reboot {
+        assert!(
+            held.iter().any(|l| l.starts_with("baton-zone-")),
+            "{node} rebooted holding {held:?}"
+        );
+        assert_eq!(
+            held.iter().any(|l| l == "baton-control-plane"),
+            node.contains("-cp-"),
+            "{node} rebooted holding {held:?}"
+        );
+    }
+    assert_eq!(driven.held_at_reboot.len(), 3);
     rec.with(|r| {
         assert_eq!(
             max_at_once(r, |n| n.contains("-cp-").then_some("control-plane")),
@@ -1402,5 +1417,42 @@ async fn control_plane_nodes_in_different_zones_never_reboot_at_once() {
             .and_then(|s| s.holder_identity)
             .filter(|h| !h.is_empty()),
         None
+    );
+}
+
+#[tokio::test]
+async fn a_node_labelled_control_plane_after_the_agent_started_restarts_it() {
+    let cluster = shared();
+    let ns = "cycle-relabel";
+    let (client, names) = setup(cluster, ns, 1).await;
+    let mut nodes = sims(cluster, ns, &names, Method::Command, &["--concurrency=2"]);
+    nodes[0].start().unwrap();
+    nodes[0].wait_ready(SETTLE).await.unwrap();
+    // kubeadm labels a joining control-plane node after it registers.
+    Api::<Node>::all(client.clone())
+        .patch(
+            &names[0],
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let status = nodes[0].wait_exit(SETTLE).await.unwrap();
+    assert!(!status.success(), "{status}");
+    let log = nodes[0].log();
+    assert!(log.contains("labels changed"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "plain text when not on a terminal: {log}"
+    );
+    // Restarted (as the DaemonSet would), it coordinates as a control-plane node.
+    nodes[0].start().unwrap();
+    nodes[0].wait_ready(SETTLE).await.unwrap();
+    assert!(
+        nodes[0].log().contains("control_plane=true"),
+        "{}",
+        nodes[0].log()
     );
 }

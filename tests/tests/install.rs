@@ -203,6 +203,15 @@ async fn the_manifests_install_and_their_least_privilege_is_enough() {
         switches.get_opt("baton-pause").await.unwrap().is_none(),
         "the agent reads the pause ConfigMap"
     );
+    // Watched by name (a field selector), which RBAC's resourceNames allows; no other one.
+    switches
+        .list(&ListParams::default().fields("metadata.name=baton-pause"))
+        .await
+        .expect("the agent lists the pause ConfigMap by name");
+    forbidden(
+        switches.list(&ListParams::default()).await,
+        "listing every ConfigMap",
+    );
     let switch: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "baton-pause"}})).unwrap();
     forbidden(
