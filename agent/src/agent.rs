@@ -243,7 +243,6 @@ pub async fn run(
         coordination,
         started: Instant::now(),
         slot: 0,
-        decider: None,
         metrics,
         ready,
         events: None,
@@ -429,8 +428,6 @@ struct Agent {
     started: Instant,
     /// The group slot this agent holds, or would take, or waits for.
     slot: usize,
-    /// The Lease that decides now: the one waited on, or the next to take.
-    decider: Option<usize>,
     metrics: Metrics,
     ready: Readiness,
     events: Option<Events>,
@@ -553,12 +550,7 @@ impl Agent {
             }
         }
         if let Seen::Present(n) = &self.node.current
-            && let Ok(state) = node::read_state(
-                n.metadata
-                    .annotations
-                    .as_ref()
-                    .unwrap_or(&Default::default()),
-            )
+            && let Ok(state) = node::state_of(n)
             && let Some(until) = state.backoff_until
             && let Ok(left) = until.duration_since(SystemTime::now())
         {
@@ -569,6 +561,12 @@ impl Agent {
         }
         if let Some(t) = self.health_retry_at {
             wake = wake.min(t);
+        }
+        if let Some((Some(_), at)) = &self.blockers {
+            wake = wake.min(*at + self.args.check_interval);
+        }
+        if self.pause_read_pending() {
+            wake = wake.min(self.started + PAUSE_READ_GRACE);
         }
         for slot in &self.slots {
             if let Some(t) = slot
@@ -639,18 +637,6 @@ impl Agent {
             self.source_flag.clone(),
             annotations.get(node::REBOOT_REQUESTED).map(String::as_str),
         );
-        // No new cycle before the pause switch has been read. Moments after start that is
-        // no news and waits quietly; later (say, a Role without ConfigMaps) it is a gate that
-        // says so on the Node, and a Lease held meanwhile is given back.
-        if state.phase == Phase::Idle
-            && matches!(flag, Flag::Required(_))
-            && matches!(*self.pause_rx.borrow(), Seen::Unsynced)
-            && self.started.elapsed() < PAUSE_READ_GRACE
-            && self.held().is_empty()
-        {
-            self.note_wait("reading the pause ConfigMap");
-            return Ok(Progress::Wait);
-        }
         let now = Instant::now();
         // Holders' Nodes are watched only while this node wants a Lease: most nodes, most of
         // the time, want nothing and watch nothing.
@@ -697,7 +683,8 @@ impl Agent {
         let needed = self.needed();
         let needed_views: Vec<LeaseView> = needed.iter().map(|&i| views[i].clone()).collect();
         let (view, decider) = crate::lease::combine(&needed_views);
-        self.decider = decider.map(|k| needed[k]);
+        // The slot an Acquire step takes: the first needed one that is not ours.
+        let take = decider.map_or(self.slot, |k| needed[k]);
         let partly_held = view != LeaseView::Mine && needed_views.contains(&LeaseView::Mine);
 
         self.metrics.reboot_required.set(flag.gauge());
@@ -708,8 +695,9 @@ impl Agent {
 
         let mut gate = self.gate(&annotations);
         if gate.is_none() && matches!(flag, Flag::Required(_)) && state.phase == Phase::Idle {
-            // Fresh whenever the Lease could be taken or is ours (before taking it and again
-            // before cordoning); while another node holds it, at most every --check-interval.
+            // "Not blocked" is checked afresh whenever the Lease could be taken or is ours
+            // (before taking it and again before cordoning); otherwise at most every
+            // --check-interval.
             let fresh = !matches!(view, LeaseView::Held { expired: false, .. });
             gate = self.blockers(fresh).await?;
         } else {
@@ -730,7 +718,7 @@ impl Agent {
             partly_held,
         });
         tracing::debug!(?step, phase = state.phase.as_str(), ?view, "decided");
-        self.act(step, &node, &state, &boot_id, &flag).await
+        self.act(step, &node, &state, &boot_id, &flag, take).await
     }
 
     /// Why no new cycle may start now, if so: a cluster-wide pause (the `--pause-configmap`
@@ -741,7 +729,9 @@ impl Agent {
             "ConfigMap {}/{}",
             self.args.lock_namespace, self.args.pause_configmap
         );
+        // No new cycle before the pause switch has been read.
         let cluster = match &*self.pause_rx.borrow() {
+            Seen::Unsynced if self.pause_read_pending() => Some(format!("{switch} not read yet")),
             Seen::Unsynced => Some(format!(
                 "{switch} could not be read yet (can the agent's Role read ConfigMaps?)"
             )),
@@ -759,7 +749,7 @@ impl Agent {
         self.metrics
             .paused
             .with_label_values(&["cluster"])
-            .set(i64::from(cluster.is_some()));
+            .set(i64::from(cluster.is_some() && !self.pause_read_pending()));
         self.metrics
             .paused
             .with_label_values(&["node"])
@@ -786,13 +776,14 @@ impl Agent {
     }
 
     /// Why a blocker stops a new cycle, if one does: a pod matching `--blocking-pod-selector`
-    /// or an active Prometheus alert (failing closed). Checked only while a reboot is wanted;
-    /// a result younger than `--check-interval` is reused unless `fresh`.
+    /// or an active Prometheus alert (failing closed). Checked only while a reboot is wanted.
+    /// A result younger than `--check-interval` is reused, except "not blocked" when `fresh`
+    /// (about to act on it): every event while blocked would otherwise ask again.
     async fn blockers(&mut self, fresh: bool) -> anyhow::Result<Option<String>> {
         let now = Instant::now();
-        if !fresh
-            && let Some((why, at)) = &self.blockers
+        if let Some((why, at)) = &self.blockers
             && now < *at + self.args.check_interval
+            && (why.is_some() || !fresh)
         {
             return Ok(why.clone());
         }
@@ -860,7 +851,8 @@ impl Agent {
         gate: Option<&str>,
     ) {
         let want = gate.filter(|_| matches!(flag, Flag::Required(_)));
-        if annotations.get(node::WAITING).map(String::as_str) == want {
+        // Moments after start, an unread pause switch is no news worth a write.
+        if annotations.get(node::WAITING).map(String::as_str) == want || self.pause_read_pending() {
             return;
         }
         let mut update = Update::default();
@@ -873,6 +865,12 @@ impl Agent {
         }
     }
 
+    /// Whether the pause ConfigMap is unread within [`PAUSE_READ_GRACE`] of the start.
+    fn pause_read_pending(&self) -> bool {
+        matches!(*self.pause_rx.borrow(), Seen::Unsynced)
+            && self.started.elapsed() < PAUSE_READ_GRACE
+    }
+
     fn note_wait(&mut self, why: &str) {
         if self.last_wait.as_deref() != Some(why) {
             tracing::info!(reason = why, "waiting");
@@ -880,6 +878,7 @@ impl Agent {
         }
     }
 
+    /// Carries out `step`; an Acquire takes slot `take`.
     async fn act(
         &mut self,
         step: Step,
@@ -887,6 +886,7 @@ impl Agent {
         state: &NodeState,
         boot_id: &str,
         flag: &Flag,
+        take: usize,
     ) -> anyhow::Result<Progress> {
         let name = self.args.node_name.clone();
         match step {
@@ -920,7 +920,7 @@ impl Agent {
                 Ok(Progress::Wait)
             }
             Step::Acquire => {
-                let slot = &mut self.slots[self.decider.unwrap_or(self.slot)];
+                let slot = &mut self.slots[take];
                 match slot
                     .client
                     .acquire(slot.observer.last(), owner_of(node).as_ref())
@@ -1099,17 +1099,11 @@ impl Agent {
     /// PodDisruptionBudget is not back to all its pods healthy. `None` when it may, or when no
     /// reboot just completed here.
     async fn health_gate(&self, node: &Node) -> anyhow::Result<Option<String>> {
-        let Some(finished) = node
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(node::LAST_REBOOT))
-            .and_then(|v| v.parse::<jiff::Timestamp>().ok())
-        else {
+        let Some(finished) = node::time_of(node, node::LAST_REBOOT) else {
             return Ok(None);
         };
         let since = SystemTime::now()
-            .duration_since(SystemTime::from(finished))
+            .duration_since(finished)
             .unwrap_or_default();
         if since > HEALTH_GATE_WINDOW + self.args.settle_time {
             return Ok(None);
@@ -1130,11 +1124,7 @@ impl Agent {
             .context("listing the node's pods for the health gate")?;
         for p in &on_node.items {
             let info = crate::drain::PodInfo::from_pod(p);
-            let daemon = info
-                .controller
-                .as_ref()
-                .is_some_and(|(k, _)| k == "DaemonSet");
-            if daemon && !info.finished && !pod_ready(p) {
+            if info.daemonset().is_some() && !info.finished && !pod_ready(p) {
                 return Ok(Some(format!(
                     "waiting for DaemonSet pod {}/{} on this node to be Ready",
                     info.namespace, info.name
@@ -1401,10 +1391,7 @@ impl Agent {
             .aborts
             .with_label_values(&[reason.as_str()])
             .inc();
-        let warning = matches!(
-            reason,
-            AbortReason::DrainFailed | AbortReason::RebootDidNotHappen | AbortReason::LeaseLost
-        );
+        let warning = reason.is_warning();
         let what = match reason {
             AbortReason::DrainFailed => format!(
                 "drain failed ({}); {} the node, released the lease; next try after {}",
@@ -1431,15 +1418,8 @@ impl Agent {
         } else {
             tracing::info!(reason = reason.as_str(), uncordoned = uncordon, "{what}");
         }
-        let event_reason = match reason {
-            AbortReason::DrainFailed => "DrainFailed",
-            AbortReason::RebootDidNotHappen => "RebootFailed",
-            AbortReason::LeaseLost => "LeaseLost",
-            AbortReason::FlagCleared => "MaintenanceCancelled",
-            AbortReason::DryRun => "DryRun",
-        };
         self.events(node)
-            .publish(warning, event_reason, "Abort", what)
+            .publish(warning, reason.event_reason(), "Abort", what)
             .await;
         self.release().await?;
         Ok(Progress::Again)
@@ -1453,15 +1433,9 @@ impl Agent {
             Seen::Present(n) => Some((**n).clone()),
             _ => None,
         };
-        let idle = node.as_ref().is_none_or(|n| {
-            node::read_state(
-                n.metadata
-                    .annotations
-                    .as_ref()
-                    .unwrap_or(&Default::default()),
-            )
-            .is_ok_and(|s| s.phase == Phase::Idle)
-        });
+        let idle = node
+            .as_ref()
+            .is_none_or(|n| node::state_of(n).is_ok_and(|s| s.phase == Phase::Idle));
         let mine = !self.held().is_empty();
         // Right after a reboot the baton passes on only through the health gate; a restart
         // then (a DaemonSet update, say) keeps it, and the next start resumes the gate.
@@ -1564,12 +1538,7 @@ fn pod_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
 }
 
 fn phase_age(node: &Node) -> String {
-    node.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(node::PHASE_SINCE))
-        .and_then(|v| v.parse::<k8s_openapi::jiff::Timestamp>().ok())
-        .map(SystemTime::from)
+    node::time_of(node, node::PHASE_SINCE)
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .map_or_else(|| "unknown time".to_owned(), node::human)
 }

@@ -55,6 +55,15 @@ pub struct Options {
     pub parallelism: usize,
 }
 
+impl Options {
+    /// Whether a pod terminating since `since` has done so for longer than
+    /// `--skip-wait-for-delete-timeout` (and is no longer waited for).
+    pub fn deleted_long_ago(&self, since: SystemTime, now: SystemTime) -> bool {
+        self.skip_wait_for_delete_timeout
+            .is_some_and(|skip| now.duration_since(since).is_ok_and(|d| d > skip))
+    }
+}
+
 /// A pod, reduced to what the decision needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
@@ -114,7 +123,8 @@ impl PodInfo {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    fn daemonset(&self) -> Option<&str> {
+    /// The DaemonSet that owns the pod, if one does.
+    pub fn daemonset(&self) -> Option<&str> {
         match &self.controller {
             Some((kind, name)) if kind == "DaemonSet" => Some(name),
             _ => None,
@@ -170,8 +180,8 @@ pub fn decide(
     o: &Options,
     now: SystemTime,
 ) -> Result<Disposition, Refusal> {
-    if let (Some(since), Some(skip)) = (p.deleting_since, o.skip_wait_for_delete_timeout)
-        && now.duration_since(since).is_ok_and(|d| d > skip)
+    if p.deleting_since
+        .is_some_and(|since| o.deleted_long_ago(since, now))
     {
         return Ok(Disposition::SkipDeletedLongAgo);
     }
@@ -296,13 +306,7 @@ pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) 
 pub fn blocked_by(pods: &[PodInfo], pdbs: &[PdbView]) -> Vec<String> {
     let mut out = Vec::new();
     for pdb in pdbs.iter().filter(|p| p.allowed <= 0) {
-        let covered = pods.iter().find(|pod| {
-            pod.namespace == pdb.namespace
-                && pdb
-                    .selector
-                    .as_ref()
-                    .is_some_and(|s| selector_matches(s, &pod.labels))
-        });
+        let covered = pods.iter().find(|pod| pdb.covers(pod));
         if let Some(pod) = covered {
             out.push(format!(
                 "{}/{} (covers {})",
@@ -457,6 +461,17 @@ pub struct PdbView {
     pub allowed: i32,
 }
 
+impl PdbView {
+    /// Whether this budget covers `pod` (same namespace, selector matches).
+    pub fn covers(&self, pod: &PodInfo) -> bool {
+        self.namespace == pod.namespace
+            && self
+                .selector
+                .as_ref()
+                .is_some_and(|s| selector_matches(s, &pod.labels))
+    }
+}
+
 fn pdb_key(p: &PodDisruptionBudget) -> String {
     format!(
         "{}/{}",
@@ -490,15 +505,7 @@ fn pod_deleting_since(p: &Pod) -> Option<SystemTime> {
 }
 
 fn covering(pdbs: &HashMap<String, PdbView>, pod: &PodInfo) -> Vec<PdbView> {
-    pdbs.values()
-        .filter(|p| {
-            p.namespace == pod.namespace
-                && p.selector
-                    .as_ref()
-                    .is_some_and(|s| selector_matches(s, &pod.labels))
-        })
-        .cloned()
-        .collect()
+    pdbs.values().filter(|p| p.covers(pod)).cloned().collect()
 }
 
 /// Drains `node`. Everything the drain starts is cancelled when the returned future is dropped.
@@ -713,11 +720,7 @@ impl Drainer {
             .iter()
             .filter(|(p, _)| match live.get(&p.uid) {
                 None => false,
-                Some(since) => !since.is_some_and(|s| {
-                    self.options
-                        .skip_wait_for_delete_timeout
-                        .is_some_and(|skip| now.duration_since(s).is_ok_and(|d| d > skip))
-                }),
+                Some(since) => !since.is_some_and(|s| self.options.deleted_long_ago(s, now)),
             })
             .map(|(p, _)| p.clone())
             .collect()
@@ -801,6 +804,16 @@ impl Drainer {
         }
     }
 
+    /// Deletes `pod` and counts it (`Nothing` when it was already gone).
+    async fn delete_counted(&self, pod: &PodInfo) -> Result<Removed, DrainError> {
+        Ok(if self.delete(pod).await? {
+            self.metrics.evictions.with_label_values(&["deleted"]).inc();
+            Removed::Deleted
+        } else {
+            Removed::Nothing
+        })
+    }
+
     /// Evicts or deletes one pod, retrying until it is done; cancelled by dropping.
     async fn remove(
         &self,
@@ -811,12 +824,7 @@ impl Drainer {
     ) -> Result<Removed, DrainError> {
         match d {
             Disposition::Delete => {
-                return Ok(if self.delete(pod).await? {
-                    self.metrics.evictions.with_label_values(&["deleted"]).inc();
-                    Removed::Deleted
-                } else {
-                    Removed::Nothing
-                });
+                return self.delete_counted(pod).await;
             }
             Disposition::Evict => {}
             _ => return Ok(Removed::Nothing),
@@ -874,12 +882,7 @@ impl Drainer {
                 Err(kube::Error::Api(s)) if s.code == 403 && namespace_terminating(&s) => {
                     // The Eviction API refuses pods of a terminating namespace; they are being
                     // deleted anyway, so delete this one as kubectl does.
-                    return Ok(if self.delete(pod).await? {
-                        self.metrics.evictions.with_label_values(&["deleted"]).inc();
-                        Removed::Deleted
-                    } else {
-                        Removed::Nothing
-                    });
+                    return self.delete_counted(pod).await;
                 }
                 Err(e) => {
                     self.metrics.evictions.with_label_values(&["error"]).inc();
@@ -942,13 +945,11 @@ pub async fn cordon_and_drain(
     if let Some(why) = drainer.plan().await?.refusal() {
         return Err(DrainError::Refused(why));
     }
-    let cordon = serde_json::json!({"spec": {"unschedulable": true}});
-    Api::<k8s_openapi::api::core::v1::Node>::all(client)
-        .patch(
-            node,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&cordon),
-        )
+    let cordon = crate::node::Update {
+        unschedulable: Some(true),
+        ..crate::node::Update::default()
+    };
+    crate::node::apply(&Api::all(client), node, &cordon)
         .await
         .map_err(|source| DrainError::Api {
             what: "cordon the node",

@@ -167,6 +167,25 @@ impl AbortReason {
             AbortReason::DryRun => "dry_run",
         }
     }
+
+    /// The reason of the Event it raises on the Node.
+    pub fn event_reason(self) -> &'static str {
+        match self {
+            AbortReason::DrainFailed => "DrainFailed",
+            AbortReason::RebootDidNotHappen => "RebootFailed",
+            AbortReason::LeaseLost => "LeaseLost",
+            AbortReason::FlagCleared => "MaintenanceCancelled",
+            AbortReason::DryRun => "DryRun",
+        }
+    }
+
+    /// Whether it is a warning (something went wrong) rather than news.
+    pub fn is_warning(self) -> bool {
+        matches!(
+            self,
+            AbortReason::DrainFailed | AbortReason::RebootDidNotHappen | AbortReason::LeaseLost
+        )
+    }
 }
 
 /// The next step. See the README's "How it works" for the same table in prose.
@@ -210,14 +229,7 @@ pub fn next_step(o: &Observation<'_>) -> Step {
                 },
                 (Flag::Unknown(_), _) => Step::Wait(Wait::CouldNotCheck),
                 (Flag::Required(_), LeaseView::Mine) => Step::Reboot,
-                (Flag::Required(_), LeaseView::Free) => Step::Acquire,
-                (Flag::Required(_), LeaseView::Held { holder, expired }) => {
-                    if *expired {
-                        Step::Acquire
-                    } else {
-                        Step::Wait(Wait::LeaseHeld(holder.clone()))
-                    }
-                }
+                (Flag::Required(_), lease) => take_or_wait(lease),
             }
         }
     }
@@ -254,19 +266,24 @@ fn idle_with_all(o: &Observation<'_>) -> Step {
             (None, LeaseView::Mine) => Step::Cordon {
                 cordon: !o.node_unschedulable,
             },
-            (None, LeaseView::Free) => Step::Acquire,
-            (None, LeaseView::Held { holder, expired }) => {
-                if *expired {
-                    Step::Acquire
-                } else {
-                    Step::Wait(Wait::LeaseHeld(holder.clone()))
-                }
-            }
+            (None, lease) => take_or_wait(lease),
         },
         Flag::NotRequired if s.consecutive_reboots > 0 => Step::ResetHistory,
         Flag::NotRequired | Flag::Unknown(_) if matches!(o.lease, LeaseView::Mine) => Step::Release,
         Flag::NotRequired => Step::Wait(Wait::NothingToDo),
         Flag::Unknown(_) => Step::Wait(Wait::CouldNotCheck),
+    }
+}
+
+/// For a Lease that is not ours (callers decide `Mine` first): take it if it may be taken,
+/// else wait for its live holder.
+fn take_or_wait(lease: &LeaseView) -> Step {
+    match lease {
+        LeaseView::Held {
+            holder,
+            expired: false,
+        } => Step::Wait(Wait::LeaseHeld(holder.clone())),
+        LeaseView::Free | LeaseView::Held { expired: true, .. } | LeaseView::Mine => Step::Acquire,
     }
 }
 

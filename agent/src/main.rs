@@ -44,13 +44,24 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
-fn drain(args: DrainCommand) -> ExitCode {
+/// Log lines on stderr, filtered by `filter`; colours only on a terminal, so `kubectl logs`
+/// and log shippers get plain text.
+fn log_builder(
+    filter: EnvFilter,
+) -> tracing_subscriber::fmt::SubscriberBuilder<
+    tracing_subscriber::fmt::format::DefaultFields,
+    tracing_subscriber::fmt::format::Format,
+    EnvFilter,
+    fn() -> std::io::Stderr,
+> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new("info,kube=warn"))
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: `kubectl logs` and log shippers get plain text.
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr as fn() -> std::io::Stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .init();
+}
+
+fn drain(args: DrainCommand) -> ExitCode {
+    log_builder(EnvFilter::new("info,kube=warn")).init();
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -94,25 +105,13 @@ fn agent(args: AgentArgs) -> ExitCode {
             return ExitCode::from(USAGE_EXIT);
         }
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: `kubectl logs` and log shippers get plain text.
-        .with_ansi(std::io::stderr().is_terminal());
+    let builder = log_builder(filter);
     match args.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
-    // One thread is plenty for an agent that mostly waits, and keeps its footprint small.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("baton: error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async move {
         let (shutdown, signals) = baton::shutdown::install()?;

@@ -14,14 +14,12 @@ use serde_json::{Value, json};
 
 use crate::machine::{NodeState, Phase};
 
-/// The prefix of every annotation baton owns.
-pub const PREFIX: &str = "baton.dev/";
 /// Set by a human (any value, used as the reason) to request a reboot; removed when done.
 pub const REBOOT_REQUESTED: &str = "baton.dev/reboot-requested";
-/// Set by a human (value = reason) on a Node to keep it from starting a cycle, or on the Lease to
-/// pause every node.
+/// Set by a human (value = reason) on a Node to keep it from starting a cycle (every node: the
+/// pause ConfigMap).
 pub const PAUSE: &str = "baton.dev/pause";
-/// Why a flagged node is not starting its cycle (outside the window, paused).
+/// Why a flagged node is not starting its cycle (outside the window, paused, blocked).
 pub const WAITING: &str = "baton.dev/waiting";
 /// The phase (`draining`, `rebooting`); absent when idle.
 pub const PHASE: &str = "baton.dev/phase";
@@ -77,6 +75,22 @@ fn parse_time(key: &'static str, v: &str) -> Result<SystemTime, AnnotationError>
         )
     })?;
     Ok(SystemTime::from(ts))
+}
+
+/// The time recorded in annotation `key` of `node`, if there is a valid one.
+pub fn time_of(node: &Node, key: &'static str) -> Option<SystemTime> {
+    let v = node.metadata.annotations.as_ref()?.get(key)?;
+    parse_time(key, v).ok()
+}
+
+/// baton's state as recorded on `node` (no annotations: idle).
+pub fn state_of(node: &Node) -> Result<NodeState, AnnotationError> {
+    read_state(
+        node.metadata
+            .annotations
+            .as_ref()
+            .unwrap_or(&BTreeMap::new()),
+    )
 }
 
 /// Formats a time as RFC 3339, to the second.

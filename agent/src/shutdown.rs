@@ -23,13 +23,6 @@ impl Shutdown {
     pub async fn wait(&mut self) {
         let _ = self.0.wait_for(|s| *s).await;
     }
-
-    /// A handle that never fires (for tests and tools).
-    pub fn never() -> Self {
-        let (tx, rx) = watch::channel(false);
-        std::mem::forget(tx);
-        Self(rx)
-    }
 }
 
 /// Installs the handlers. Returns the handle and the task that listens for signals.
