@@ -130,11 +130,6 @@ impl SimNode {
         Ok(())
     }
 
-    /// Whether the sentinel file exists.
-    pub fn flagged(&self) -> bool {
-        self.dir.join("reboot-required").exists()
-    }
-
     /// How many times a reboot was triggered since the last simulated reboot.
     pub fn triggers(&self) -> usize {
         std::fs::read_to_string(self.trigger_file()).map_or(0, |s| s.lines().count())
@@ -326,6 +321,19 @@ impl SimNode {
                 .and_then(|rest| rest.strip_prefix(' '))
                 .and_then(|v| v.trim().parse().ok())
         }))
+    }
+
+    /// Waits until metric `series` is exported with a value that passes `ok`; returns it.
+    pub async fn wait_metric(
+        &self,
+        series: &str,
+        timeout: Duration,
+        ok: impl Fn(f64) -> bool,
+    ) -> Result<f64> {
+        wait_for(&format!("{}'s {series}", self.name), timeout, || async {
+            Ok(self.metric(series).await?.filter(|v| ok(*v)))
+        })
+        .await
     }
 
     /// Waits until the agent's /readyz answers 200.

@@ -42,7 +42,6 @@ pub struct Cluster {
     _tempdir: Option<tempfile::TempDir>,
     kubeconfig: PathBuf,
     config: Config,
-    api_port: u16,
     assets: PathBuf,
     processes: Mutex<Vec<Process>>,
 }
@@ -259,7 +258,6 @@ impl Cluster {
             dir: dir.clone(),
             _tempdir: Some(tempdir),
             kubeconfig: kubeconfig.clone(),
-            api_port,
             assets: assets.clone(),
             processes: Mutex::new(Vec::new()),
         };
@@ -499,16 +497,6 @@ impl Cluster {
     /// The cluster's temporary directory (logs, PKI, etcd data).
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// The API server's URL.
-    pub fn server_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.api_port)
-    }
-
-    /// The CA certificate clients must trust.
-    pub fn ca_cert(&self) -> PathBuf {
-        self.dir.join("pki/ca.crt")
     }
 
     /// Creates a namespace named `name` and waits for its `default` ServiceAccount, which the

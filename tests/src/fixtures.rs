@@ -1,15 +1,16 @@
-//! The seed scenario's objects (an nginx Deployment, its Service and a PodDisruptionBudget), and
-//! small queries over them, shared by the end-to-end tests and the demo.
+//! The seed scenario's objects (an nginx Deployment, its Service and a PodDisruptionBudget),
+//! small queries and changes over them and the nodes, shared by the end-to-end tests, the demo
+//! and the benchmark.
 
 use std::time::Duration;
 
 use anyhow::Result;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::wait::wait_for;
@@ -180,4 +181,38 @@ pub async fn wait_ready_endpoints(
         },
     )
     .await
+}
+
+/// Cordons (`on`) or uncordons Node `node`, as `kubectl cordon`/`uncordon` do.
+pub async fn cordon(client: &Client, node: &str, on: bool) -> Result<()> {
+    let patch = json!({"spec": {"unschedulable": if on { Some(true) } else { None }}});
+    Api::<Node>::all(client.clone())
+        .patch(node, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
+/// Merges `spec` into PodDisruptionBudget `ns/name` (e.g. to loosen it mid-test).
+pub async fn patch_pdb(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<()> {
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The core/v1 Events about Node `node`.
+pub async fn node_events(client: &Client, node: &str) -> Result<Vec<Event>> {
+    Ok(Api::<Event>::all(client.clone())
+        .list(&ListParams::default().fields(&format!("involvedObject.name={node}")))
+        .await?
+        .items)
 }

@@ -243,6 +243,24 @@ impl Recorder {
         self.with(|r| r.log.get(from..).map(<[Seen]>::to_vec).unwrap_or_default())
     }
 
+    /// Whether, as recorded, every watched node is idle and not cordoned by baton, and the
+    /// last Lease change (if any) was a release: the rollout's end has reached the watches.
+    pub fn settled(&self) -> bool {
+        self.with(|r| {
+            let nodes_idle = r.nodes.values().all(|n| n.phase.is_none() && !n.by_baton);
+            let released = r
+                .log
+                .iter()
+                .rev()
+                .find_map(|s| match &s.what {
+                    Change::Holder(h) => Some(h.is_none()),
+                    _ => None,
+                })
+                .unwrap_or(true);
+            nodes_idle && released
+        })
+    }
+
     /// Stops every watch.
     pub fn stop(&self) {
         for t in self.tasks.lock().unwrap().drain(..) {

@@ -113,11 +113,6 @@ impl Process {
         log_tail(&self.log, lines)
     }
 
-    /// The path of the log file.
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
     /// Sends `signal` to the process itself (not its group).
     pub fn signal(&self, signal: Signal) -> Result<()> {
         nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal)

@@ -28,7 +28,8 @@ pub struct Driven {
 }
 
 /// Reboots nodes as their agents ask, until every node in `nodes` has rebooted at least
-/// `boots` times in total... or `timeout` passes.
+/// `boots` times in total... or `timeout` passes. Fails if a node rebooted without holding the
+/// Lease.
 pub async fn drive(
     cluster: &Cluster,
     client: &Client,
@@ -36,7 +37,11 @@ pub async fn drive(
     boots: u32,
     timeout: Duration,
 ) -> Result<Driven> {
-    drive_with(cluster, client, nodes, boots, timeout, |_, _| {}).await
+    let driven = drive_with(cluster, client, nodes, boots, timeout, |_, _| {}).await?;
+    if !driven.fencing_violations.is_empty() {
+        bail!("fencing violated: {:?}", driven.fencing_violations);
+    }
+    Ok(driven)
 }
 
 /// [`drive`], calling `on_reboot(node, lease holder)` as each simulated reboot begins.

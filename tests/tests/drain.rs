@@ -11,7 +11,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,22 +29,15 @@ async fn setup(cluster: &Cluster, ns: &str) -> Client {
         )
         .await
         .unwrap();
-    cordon(&client, &names[1], true).await;
+    fixtures::cordon(&client, &names[1], true).await.unwrap();
     client
-}
-
-async fn cordon(client: &Client, node: &str, on: bool) {
-    let patch =
-        json!({"spec": {"unschedulable": if on { Value::Bool(true) } else { Value::Null }}});
-    Api::<Node>::all(client.clone())
-        .patch(node, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .unwrap();
 }
 
 /// Opens the spare node, once the pods sit on the node to drain.
 async fn ready(client: &Client, ns: &str) {
-    cordon(client, &format!("{ns}-2"), false).await;
+    fixtures::cordon(client, &format!("{ns}-2"), false)
+        .await
+        .unwrap();
 }
 
 async fn create<K>(client: &Client, ns: &str, v: Value)
@@ -519,12 +512,7 @@ async fn a_pod_that_vanished_before_its_eviction_counts_as_gone() {
         fixtures::wait_ready_pods(&client, ns, "app=b", 0)
             .await
             .unwrap();
-        Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
-            .patch(
-                "a",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"maxUnavailable": 1}})),
-            )
+        fixtures::patch_pdb(&client, ns, "a", json!({"maxUnavailable": 1}))
             .await
             .unwrap();
     };
@@ -539,16 +527,22 @@ async fn a_pod_that_vanished_before_its_eviction_counts_as_gone() {
     assert!(pods_on(&client, ns, &node).await.is_empty());
 }
 
-#[tokio::test]
-async fn disable_eviction_deletes_through_a_blocking_pdb() {
-    let cluster = shared_audited();
-    let ns = "drain-noevict";
+/// Namespace `ns` with one nginx pod on node `<ns>-1` under a PDB that allows no eviction, and
+/// the spare node open; returns the client and the node to drain.
+async fn nginx_behind_a_blocking_pdb(cluster: &Cluster, ns: &str) -> (Client, String) {
     let client = setup(cluster, ns).await;
-    let node = format!("{ns}-1");
     fixtures::create_nginx(&client, ns, 1, ns, Some(json!({"maxUnavailable": 0})))
         .await
         .unwrap();
     ready(&client, ns).await;
+    (client, format!("{ns}-1"))
+}
+
+#[tokio::test]
+async fn disable_eviction_deletes_through_a_blocking_pdb() {
+    let cluster = shared_audited();
+    let ns = "drain-noevict";
+    let (client, node) = nginx_behind_a_blocking_pdb(cluster, ns).await;
     let blocked = drain(cluster, &node, &["--drain-timeout=3s"]).await;
     assert!(!blocked.status.success(), "the PDB blocks an eviction");
     let out = drain(
@@ -565,12 +559,7 @@ async fn disable_eviction_deletes_through_a_blocking_pdb() {
 async fn timeout_action_delete_escalates_after_the_deadline() {
     let cluster = shared_audited();
     let ns = "drain-escalate";
-    let client = setup(cluster, ns).await;
-    let node = format!("{ns}-1");
-    fixtures::create_nginx(&client, ns, 1, ns, Some(json!({"maxUnavailable": 0})))
-        .await
-        .unwrap();
-    ready(&client, ns).await;
+    let (client, node) = nginx_behind_a_blocking_pdb(cluster, ns).await;
     let out = drain(
         cluster,
         &node,
@@ -585,12 +574,7 @@ async fn timeout_action_delete_escalates_after_the_deadline() {
 async fn the_agent_shows_drain_progress_on_the_node() {
     let cluster = shared_audited();
     let ns = "drain-progress";
-    let client = setup(cluster, ns).await;
-    let node = format!("{ns}-1");
-    fixtures::create_nginx(&client, ns, 1, ns, Some(json!({"maxUnavailable": 0})))
-        .await
-        .unwrap();
-    ready(&client, ns).await;
+    let (client, node) = nginx_behind_a_blocking_pdb(cluster, ns).await;
     let mut sim = SimNode::new(
         cluster,
         &node,
@@ -622,12 +606,7 @@ async fn the_agent_shows_drain_progress_on_the_node() {
             .contains(&format!("{ns}/nginx-"))
     );
     // Relax the budget: the PDB watch retries the eviction, the drain finishes.
-    Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
-        .patch(
-            "nginx",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"maxUnavailable": 1}})),
-        )
+    fixtures::patch_pdb(&client, ns, "nginx", json!({"maxUnavailable": 1}))
         .await
         .unwrap();
     sim.wait_triggered(TIMEOUT).await.unwrap();
@@ -642,11 +621,9 @@ async fn the_agent_shows_drain_progress_on_the_node() {
         !a.contains_key("baton.dev/drain-pending") && !a.contains_key("baton.dev/drain-last-error"),
         "{a:?}"
     );
-    let events: Vec<String> = Api::<k8s_openapi::api::core::v1::Event>::all(client.clone())
-        .list(&ListParams::default().fields(&format!("involvedObject.name={node}")))
+    let events: Vec<String> = fixtures::node_events(&client, &node)
         .await
         .unwrap()
-        .items
         .into_iter()
         .filter_map(|e| e.reason)
         .collect();

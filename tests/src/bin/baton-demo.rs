@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use baton_tests::agent::{Method, SimNode};
 use baton_tests::observe::{Change, Recorder, p50_max};
 use baton_tests::rollout::{drive_with, wait_idle};
-use baton_tests::{Cluster, fixtures};
+use baton_tests::{Cluster, fixtures, wait_for};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -71,10 +71,13 @@ async fn main() -> Result<()> {
     rec.nodes(&client, &format!("baton.test/group={NS}"));
     rec.lease(&client, NS, "baton");
     rec.endpoints(&client, NS, "nginx");
+    // Prints what the recorder saw every 100 ms, and everything left once told to stop.
+    let (stop_printer, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let printer = {
         let rec = rec.clone();
         tokio::spawn(async move {
             let mut seen = 0;
+            let mut last = false;
             loop {
                 for s in rec.since(seen) {
                     seen += 1;
@@ -93,7 +96,13 @@ async fn main() -> Result<()> {
                     };
                     println!("{at} {line}");
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if last {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = &mut stopped => last = true,
+                }
             }
         })
     };
@@ -130,9 +139,15 @@ async fn main() -> Result<()> {
     wait_idle(&client, &names, Duration::from_secs(60)).await?;
     let total = rollout_start.elapsed();
     fixtures::wait_ready_pods(&client, NS, "app=nginx", 2).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await; // let the printer catch up
-    printer.abort();
+    wait_for(
+        "the watches to see the rollout end",
+        Duration::from_secs(10),
+        || async { Ok(rec.settled().then_some(())) },
+    )
+    .await?;
     rec.stop();
+    let _ = stop_printer.send(());
+    printer.await?;
 
     let handoffs = rec.handoffs();
     let (min_ep, max_cycle) = rec.with(|r| (r.min_ready_endpoints, r.max_in_cycle));

@@ -15,10 +15,9 @@ use baton_tests::agent::baton_bin;
 use baton_tests::cluster::Options;
 use baton_tests::{Cluster, fixtures};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -36,15 +35,6 @@ impl Tool {
     }
 }
 
-async fn cordon(client: &Client, node: &str, on: bool) -> Result<()> {
-    let patch =
-        json!({"spec": {"unschedulable": if on { Value::Bool(true) } else { Value::Null }}});
-    Api::<Node>::all(client.clone())
-        .patch(node, &PatchParams::default(), &Patch::Merge(patch))
-        .await?;
-    Ok(())
-}
-
 /// Builds one scenario for one tool: a node full of pods and an open spare node.
 async fn prepare(cluster: &Cluster, client: &Client, scenario: char, tool: Tool) -> Result<String> {
     let group = format!("bench-{scenario}-{}", tool.name());
@@ -52,7 +42,7 @@ async fn prepare(cluster: &Cluster, client: &Client, scenario: char, tool: Tool)
     cluster
         .add_nodes(client, &[&node, &spare], &[("baton.test/group", &group)])
         .await?;
-    cordon(client, &spare, true).await?;
+    fixtures::cordon(client, &spare, true).await?;
     cluster.namespace(client, &group).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &group);
     let pp = PostParams::default();
@@ -90,7 +80,7 @@ async fn prepare(cluster: &Cluster, client: &Client, scenario: char, tool: Tool)
         })
         .await?;
     }
-    cordon(client, &spare, false).await?;
+    fixtures::cordon(client, &spare, false).await?;
     Ok(node)
 }
 
