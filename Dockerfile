@@ -1,6 +1,7 @@
 # A static baton binary (musl, rustls, no OpenSSL) on an empty base image.
 # Build: docker build -t baton .   (or: buildah bud -t baton .)
-# tests/image/check.sh runs the same cargo command and builds this final stage with buildah.
+# tests/image/check.sh runs the same cargo command; tests/real-node/images.sh builds this final
+# stage (cut out of this file) with buildah for the real-node tests.
 FROM rust:1.95-bookworm AS build
 RUN rustup target add x86_64-unknown-linux-musl \
  && apt-get update && apt-get install -y --no-install-recommends musl-tools tzdata ca-certificates \
@@ -15,6 +16,8 @@ FROM scratch
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /usr/share/zoneinfo /usr/share/zoneinfo
 COPY --from=build /baton /baton
-# The signal reboot method needs only CAP_KILL over PID 1 (hostPID); the command method needs
-# root to enter PID 1's namespaces. The manifests set the user per method.
-ENTRYPOINT ["/baton", "agent"]
+# The entrypoint is the bare binary and the subcommand an argument: `docker run baton drain NODE`
+# works, and the manifests pass `args: [agent]` (tests/tests/install.rs checks the pair). The
+# manifests set the user and capabilities per reboot method.
+ENTRYPOINT ["/baton"]
+CMD ["agent"]

@@ -3,6 +3,7 @@
 # a local cluster of kwok nodes with one real baton agent per node. `tests/demo.sh --nodes 5`.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"$root/tests/setup.sh"
 assets=$("$root/tests/control-plane/build.sh" | tail -n 1)
 export BATON_CONTROL_PLANE_ASSETS=$assets
 cd "$root"

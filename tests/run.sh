@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# baton's test command: builds the local control plane if it is missing (cached outside the
-# clone), then runs every unit and end-to-end test of the workspace. Extra arguments go to
-# `cargo test` (e.g. `tests/run.sh -p baton` for the unit tests alone).
+# baton's test command. On a fresh machine it installs what the tests need (tests/setup.sh),
+# builds the local control plane and kubelet (cached outside the clone), the static release
+# binary and the images the real nodes run, then runs every unit and end-to-end test of the
+# workspace, and prints one closing line. Extra arguments go to `cargo test` (e.g.
+# `tests/run.sh -p baton` for the unit tests alone, `tests/run.sh --test real_node` for the
+# real-node tests).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"$root/tests/setup.sh"
 assets=$("$root/tests/control-plane/build.sh" | tail -n 1)
 export BATON_CONTROL_PLANE_ASSETS=$assets
 cd "$root"
-# The end-to-end tests run the real agent binary, one process per simulated node.
+target=${CARGO_TARGET_DIR:-$root/target}
+# The image the real nodes run: the Dockerfile's build command, then its final stage.
+cargo build --locked --release -p baton --target x86_64-unknown-linux-musl
+BATON_IMAGES=$(tests/real-node/images.sh "$target/x86_64-unknown-linux-musl/release/baton" | tail -n 1)
+export BATON_IMAGES
+# The end-to-end tests on kwok nodes run the agent binary itself, one process per node.
 cargo build --locked -p baton
-export BATON_BIN=${CARGO_TARGET_DIR:-$root/target}/debug/baton
+export BATON_BIN=$target/debug/baton
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 set +e
-cargo test --workspace --locked "$@" 2>&1 | tee "$out"
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$out"
 rc=${PIPESTATUS[0]}
 set -e
 # One closing line over all test binaries.

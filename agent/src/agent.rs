@@ -119,6 +119,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("registering metrics")?;
     let ready = Readiness::default();
+    if let Ok((effective, _)) = crate::privilege::current() {
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), uid = nix::unistd::geteuid().as_raw(), capabilities = format!("{effective:#x}"), method = ?args.reboot_method, "starting");
+    }
     let listener = server::bind(args.metrics_address).await.with_context(|| {
         format!(
             "cannot listen on --metrics-address {}",

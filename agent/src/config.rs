@@ -12,6 +12,7 @@ use regex::Regex;
 
 use crate::alerts::{Filter as AlertFilter, PrometheusUrl};
 use crate::drain::{Options as DrainOptions, TimeoutAction};
+use crate::privilege::User;
 use crate::window::{self, Window};
 
 /// baton: drain, reboot and uncordon this node, one node at a time.
@@ -228,6 +229,13 @@ pub struct AgentArgs {
     #[arg(long, env = "BATON_MAX_REBOOT_ATTEMPTS", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_reboot_attempts: u32,
+
+    /// Switch to this user (`UID` or `UID:GID`) right at start, keeping only the capabilities the
+    /// reboot method needs (signal: CAP_KILL). The agent must start as root for that; the
+    /// signal variant's manifests set 65532, so the agent cannot reach the host's root-owned
+    /// sockets. Not with the command method, whose reboot command runs as root in the host.
+    #[arg(long, env = "BATON_USER", value_parser = User::parse)]
+    pub user: Option<User>,
 
     /// PID whose namespaces count as the host's: the target of the reboot signal and of setns.
     /// Only tests and unusual hosts change it.
@@ -534,6 +542,12 @@ impl AgentArgs {
             && let Some((flag, _)) = needs_url.iter().find(|(_, set)| *set)
         {
             return Err(format!("{flag} needs --prometheus-url"));
+        }
+        if self.user.is_some() && self.reboot_method == RebootMethod::Command {
+            return Err(
+                "--user cannot be used with --reboot-method=command: the reboot command runs as root in the host"
+                    .to_owned(),
+            );
         }
         if self.alert_filter_match_only && self.alert_filter_regexp.is_none() {
             return Err("--alert-filter-match-only needs --alert-filter-regexp".to_owned());

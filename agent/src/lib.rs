@@ -18,6 +18,7 @@ pub mod lease;
 pub mod machine;
 pub mod metrics;
 pub mod node;
+pub mod privilege;
 pub mod reboot;
 pub mod server;
 pub mod shutdown;

@@ -95,6 +95,15 @@ fn agent(args: AgentArgs) -> ExitCode {
         eprintln!("baton: error: {e}");
         return ExitCode::from(USAGE_EXIT);
     }
+    // First, while the process has a single thread (capabilities belong to threads).
+    if let Some(user) = args.user {
+        let dropped = baton::privilege::needed(args.reboot_method)
+            .and_then(|keep| baton::privilege::drop_to(user, keep));
+        if let Err(e) = dropped {
+            eprintln!("baton: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let filter = match EnvFilter::try_new(&args.log_level) {
         Ok(f) => f,
         Err(e) => {

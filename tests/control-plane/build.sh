@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane used by baton's tests (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, kwok; plus kubectl and helm for the install tests)
+# kube-controller-manager, kube-scheduler, kwok; kubelet for the real-node tests; plus kubectl and
+# helm for the install tests)
 # from the Go module proxy, into a cache outside the clone keyed by version and by each
 # component's recipe. Builds only what is missing.
 #
@@ -25,7 +26,7 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 # The checksum database is not reachable from every machine; the proxy is.
 export GOSUMDB=${GOSUMDB:-off}
 
-k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 all_bins=(etcd "${k8s_bins[@]}" kwok helm)
 
 say() { printf '[control-plane] %s\n' "$*" >&2; }
@@ -150,7 +151,7 @@ build_kwok_stages() {
 settings="$GOTOOLCHAIN $CGO_ENABLED $GOFLAGS $(go env GOVERSION)"
 key() { printf '%s\n' "$settings" "$(declare -f "$@")" | sha256sum | cut -c1-12; }
 etcd_dir=$cache/etcd-$ETCD_VERSION-$(key build_etcd)
-k8s_dir=$cache/kubernetes-$KUBERNETES_VERSION-$(key build_kubernetes)
+k8s_dir=$cache/kubernetes-$KUBERNETES_VERSION-$(key build_kubernetes)-$(printf '%s\n' "${k8s_bins[@]}" | sha256sum | cut -c1-6)
 kwok_dir=$cache/kwok-$KWOK_VERSION-$(key build_kwok build_kwok_stages)
 helm_dir=$cache/helm-$HELM_VERSION-$(key build_helm)
 assets=$cache/assets-$(printf '%s\n' "$etcd_dir" "$k8s_dir" "$kwok_dir" "$helm_dir" "${KUBEBUILDER_ASSETS:-}" \

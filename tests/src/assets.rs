@@ -7,12 +7,13 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// The binaries and files every cluster needs.
-pub const REQUIRED: [&str; 8] = [
+pub const REQUIRED: [&str; 9] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
     "kubectl",
+    "kubelet",
     "kwok",
     "kwok-stages.yaml",
     "helm",

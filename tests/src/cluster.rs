@@ -43,6 +43,8 @@ pub struct Cluster {
     kubeconfig: PathBuf,
     config: Config,
     assets: PathBuf,
+    pki: Pki,
+    api_port: u16,
     processes: Mutex<Vec<Process>>,
 }
 
@@ -259,6 +261,8 @@ impl Cluster {
             _tempdir: Some(tempdir),
             kubeconfig: kubeconfig.clone(),
             assets: assets.clone(),
+            pki: pki.clone(),
+            api_port,
             processes: Mutex::new(Vec::new()),
         };
         let bin = |name: &str| assets.join(name);
@@ -492,6 +496,21 @@ impl Cluster {
             .replace(&format!("token: {ADMIN_TOKEN}"), &format!("token: {token}"));
         std::fs::write(&path, text)?;
         Ok(path)
+    }
+
+    /// The certificates and keys of this control plane.
+    pub fn pki(&self) -> &Pki {
+        &self.pki
+    }
+
+    /// The API server's port on 127.0.0.1.
+    pub fn api_port(&self) -> u16 {
+        self.api_port
+    }
+
+    /// The directory holding the control-plane binaries (and kubelet).
+    pub fn assets(&self) -> &Path {
+        &self.assets
     }
 
     /// The cluster's temporary directory (logs, PKI, etcd data).

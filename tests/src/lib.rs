@@ -12,6 +12,7 @@ pub mod observe;
 pub mod pki;
 pub mod process;
 pub mod prometheus;
+pub mod real_node;
 pub mod rollout;
 pub mod wait;
 

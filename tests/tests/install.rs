@@ -409,3 +409,79 @@ async fn the_helm_chart_has_every_flag_with_the_same_default_and_installs() {
     .await
     .unwrap();
 }
+
+/// The Dockerfile's final stage's JSON-array instruction `name` (ENTRYPOINT or CMD); empty if
+/// the stage has none.
+fn dockerfile_final(name: &str) -> Vec<String> {
+    let text =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile"))
+            .unwrap();
+    let last_stage = text.rsplit("\nFROM ").next().unwrap();
+    let Some(line) = last_stage
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+    else {
+        return Vec::new();
+    };
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{name} is not a JSON array: {e}"))
+}
+
+/// The image's entrypoint and each shipped DaemonSet's `command`/`args` run `baton agent`
+/// together: once, an entrypoint of `/baton agent` and `args: [agent]` ran `baton agent agent`,
+/// which crash-looped on every node while every kwok test passed.
+#[tokio::test]
+async fn the_image_and_every_manifest_together_run_the_agent() {
+    use clap::Parser;
+    let cluster = shared();
+    let (entrypoint, cmd) = (dockerfile_final("ENTRYPOINT"), dockerfile_final("CMD"));
+    let rendered = [
+        (
+            "manifests/",
+            kubectl(
+                cluster,
+                &["kustomize", manifests("").to_str().unwrap()],
+                None,
+            ),
+        ),
+        (
+            "manifests/signal/",
+            kubectl(
+                cluster,
+                &["kustomize", manifests("signal").to_str().unwrap()],
+                None,
+            ),
+        ),
+        ("the chart", render_chart(cluster)),
+    ];
+    for (what, yaml) in rendered {
+        let json = kubectl(
+            cluster,
+            &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+            Some(&yaml),
+        );
+        let ds = serde_json::Deserializer::from_str(&json)
+            .into_iter::<serde_json::Value>()
+            .map(Result::unwrap)
+            .find(|o| o["kind"] == "DaemonSet")
+            .unwrap();
+        let container = &ds["spec"]["template"]["spec"]["containers"][0];
+        let list = |v: &serde_json::Value| -> Option<Vec<String>> {
+            serde_json::from_value(v.clone()).ok()
+        };
+        // Kubernetes: `command` replaces the entrypoint, `args` the image's CMD.
+        let mut argv = list(&container["command"]).unwrap_or_else(|| entrypoint.clone());
+        argv.extend(list(&container["args"]).unwrap_or_else(|| cmd.clone()));
+        assert_eq!(argv, ["/baton", "agent"], "{what}");
+        let cli = baton::config::Cli::try_parse_from(
+            argv.iter().chain(&["--node-name".into(), "n".into()]),
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            matches!(cli.command, baton::config::Command::Agent(_)),
+            "{what}"
+        );
+    }
+    // The image alone (`docker run baton`) runs the agent too.
+    let image_only: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    assert_eq!(image_only, ["/baton", "agent"]);
+}
