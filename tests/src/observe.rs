@@ -24,8 +24,20 @@ use crate::fixtures::ready_endpoints;
 pub struct Seen {
     /// When the watch delivered it.
     pub at: Instant,
+    /// The same moment on the wall clock (to compare with what other processes log).
+    pub wall: std::time::SystemTime,
     /// What it was.
     pub what: Change,
+}
+
+impl Seen {
+    fn new(at: Instant, what: Change) -> Self {
+        Self {
+            at,
+            wall: std::time::SystemTime::now(),
+            what,
+        }
+    }
 }
 
 /// A change the watches report.
@@ -132,22 +144,18 @@ impl Recorder {
                 let new = view.clone().unwrap_or_default();
                 let at = Instant::now();
                 if old.phase != new.phase {
-                    r.log.push(Seen {
+                    r.log.push(Seen::new(
                         at,
-                        what: Change::Phase(name.clone(), new.phase.clone()),
-                    });
+                        Change::Phase(name.clone(), new.phase.clone()),
+                    ));
                 }
                 if old.cordoned != new.cordoned {
-                    r.log.push(Seen {
-                        at,
-                        what: Change::Cordon(name.clone(), new.cordoned),
-                    });
+                    r.log
+                        .push(Seen::new(at, Change::Cordon(name.clone(), new.cordoned)));
                 }
                 if old.ready != new.ready {
-                    r.log.push(Seen {
-                        at,
-                        what: Change::Ready(name.clone(), new.ready),
-                    });
+                    r.log
+                        .push(Seen::new(at, Change::Ready(name.clone(), new.ready)));
                 }
                 match view {
                     Some(v) => r.nodes.insert(name, v),
@@ -178,10 +186,8 @@ impl Recorder {
                     .and_then(|s| s.holder_identity.clone())
                     .filter(|h| !h.is_empty());
                 if last.as_ref() != Some(&holder) {
-                    r.log.push(Seen {
-                        at: Instant::now(),
-                        what: Change::Holder(holder.clone()),
-                    });
+                    r.log
+                        .push(Seen::new(Instant::now(), Change::Holder(holder.clone())));
                     last = Some(holder);
                 }
             },
@@ -204,10 +210,7 @@ impl Recorder {
                 };
                 let all: Vec<EndpointSlice> = slices.values().cloned().collect();
                 let n = ready_endpoints(&all);
-                r.log.push(Seen {
-                    at: Instant::now(),
-                    what: Change::Endpoints(n),
-                });
+                r.log.push(Seen::new(Instant::now(), Change::Endpoints(n)));
                 r.endpoint_changes += 1;
                 if !first {
                     r.min_ready_endpoints = Some(r.min_ready_endpoints.map_or(n, |m| m.min(n)));

@@ -5,13 +5,15 @@
 //! of real processes, and this machine has two cores).
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use baton_tests::observe::{Change, Recorder};
 use baton_tests::real_node::inspect::{privileges, processes_in, reach_as};
 use baton_tests::real_node::install::{self, NAMESPACE, Variant};
-use baton_tests::real_node::{Images, RealNode};
+use baton_tests::real_node::{Images, REAL_NODE_LABEL, RealNode, boot_id_of, web};
 use baton_tests::{Cluster, fixtures, wait_for};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::api::{Api, ListParams};
 
@@ -161,4 +163,260 @@ async fn every_variant_and_the_chart_run_on_real_nodes_with_least_privilege() {
         }
         install::delete(&cluster, &yaml).unwrap();
     }
+}
+
+/// How long one node's whole cycle may take: drain (a preStop hook and a graceful shutdown of a
+/// few seconds), a reboot of seconds, the agent's restart; slow machines take several times more.
+const CYCLE: Duration = Duration::from_secs(240);
+
+/// Waits for the web pods to be Ready (as many as `replicas`).
+async fn web_ready(client: &Client, ns: &str, replicas: usize) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_for("the web pods to be Ready", READY, || {
+        let pods = pods.clone();
+        async move {
+            let items = pods
+                .list(&ListParams::default().labels("app=web"))
+                .await?
+                .items;
+            let ready = items.iter().filter(|p| fixtures::pod_is_ready(p)).count();
+            Ok((ready == replicas).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// Whether `node` has finished its cycle: idle, schedulable, the Lease free, and kubelet
+/// reporting the boot ID of its latest boot.
+async fn finished(client: &Client, node: &RealNode) -> anyhow::Result<bool> {
+    let n = Api::<Node>::all(client.clone()).get(&node.name).await?;
+    let ann = n.metadata.annotations.clone().unwrap_or_default();
+    let lease = Api::<Lease>::namespaced(client.clone(), NAMESPACE)
+        .get_opt("baton")
+        .await?;
+    let holder = lease
+        .and_then(|l| l.spec?.holder_identity)
+        .filter(|h| !h.is_empty());
+    let latest = node
+        .boots()
+        .last()
+        .map(|(id, _)| id.clone())
+        .unwrap_or_default();
+    Ok(node.boots().len() >= 2
+        && !ann.contains_key("baton.dev/phase")
+        && !n
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false)
+        && holder.is_none()
+        && boot_id_of(&n) == latest)
+}
+
+/// The first time (wall clock) the recorder saw `what`.
+fn first_seen(rec: &Recorder, what: &Change) -> Option<SystemTime> {
+    rec.with(|r| r.log.iter().find(|s| s.what == *what).map(|s| s.wall))
+}
+
+/// The last time (wall clock) the recorder saw `what`.
+fn last_seen(rec: &Recorder, what: &Change) -> Option<SystemTime> {
+    rec.with(|r| r.log.iter().rev().find(|s| s.what == *what).map(|s| s.wall))
+}
+
+/// A full cycle on one real node, installed from `variant`: the sentinel file in the node's
+/// /run, the Lease, the cordon, the eviction of a real container (which gets its preStop hook,
+/// SIGTERM and its grace period), the reboot of the node's host by the variant's method, the
+/// agent's own pod restarted by the reboot finishing the cycle, uncordon, release.
+async fn one_cycle(variant: Variant, prefix: &str) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (cluster, client, nodes) = real_cluster(prefix, 1).await;
+    let node = &nodes[0];
+    let ns = "web";
+    cluster.namespace(&client, ns).await.unwrap();
+    let records = cluster.dir().join("web-records");
+    web::create(&client, ns, 1, 0, &records).await.unwrap();
+    web_ready(&client, ns, 1).await;
+    // The maintenance flag, where unattended-upgrades leaves it.
+    let sentinel = node.host_path("/run/reboot-required");
+    std::fs::write(&sentinel, "").unwrap();
+    let rec = Recorder::new();
+    rec.nodes(
+        &client,
+        &format!("{}={}", REAL_NODE_LABEL.0, REAL_NODE_LABEL.1),
+    );
+    rec.lease(&client, NAMESPACE, "baton");
+    let yaml = install::render(&cluster, variant).unwrap();
+    install::apply(&cluster, &yaml).unwrap();
+
+    let done = wait_for("the node to reboot and finish its cycle", CYCLE, || async {
+        Ok(finished(&client, node).await?.then_some(()))
+    })
+    .await;
+    if let Err(e) = done {
+        panic!(
+            "{e:#}\nboots: {:?}\nagent:\n{}\n{}",
+            node.boots(),
+            node.pod_logs(NAMESPACE, "baton"),
+            node.log_tails()
+        );
+    }
+    rec.stop();
+    let boots = node.boots();
+    assert_eq!(boots.len(), 2, "exactly one reboot: {boots:?}");
+    let rebooted = UNIX_EPOCH + Duration::from_secs_f64(boots[1].1);
+    let name = node.name.clone();
+    // Lease and cordon before the reboot; uncordon and release after it.
+    let took = first_seen(&rec, &Change::Holder(Some(name.clone()))).expect("the Lease was taken");
+    let cordoned = first_seen(&rec, &Change::Cordon(name.clone(), true)).expect("cordoned");
+    let uncordoned = last_seen(&rec, &Change::Cordon(name.clone(), false)).expect("uncordoned");
+    let released = last_seen(&rec, &Change::Holder(None)).expect("released");
+    assert!(
+        took < cordoned && cordoned < rebooted,
+        "took the Lease, cordoned, then rebooted"
+    );
+    assert!(
+        uncordoned > rebooted && released > rebooted,
+        "uncordoned and released after the reboot"
+    );
+    rec.with(|r| assert_eq!(r.max_cordoned_by_baton, 1));
+    // The evicted container got its preStop hook, SIGTERM, and time to finish.
+    let recs = web::records(&records);
+    let evicted: Vec<_> = recs
+        .iter()
+        .filter(|(_, ev)| ev.iter().any(|(e, _)| e == "term"))
+        .collect();
+    assert_eq!(evicted.len(), 1, "one web pod was evicted: {recs:?}");
+    assert!(web::stopped_gracefully(evicted[0].1), "{:?}", evicted[0]);
+    // The reboot stopped the agent; kubelet started it again after the boot, and it finished.
+    let agent_log = node.pod_logs(NAMESPACE, "baton");
+    assert!(agent_log.contains("reboot completed"), "{agent_log}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let agent = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=baton"))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let restarts = agent.status.unwrap().container_statuses.unwrap()[0].restart_count;
+    assert!(restarts >= 1, "the reboot restarted the agent's container");
+    // The reboot emptied /run, and with it the flag.
+    assert!(!sentinel.exists(), "the sentinel file survived the reboot");
+    let systemctl = node.systemctl_calls();
+    if variant.is_signal() {
+        assert!(systemctl.is_empty(), "{systemctl:?}");
+    } else {
+        // Run in the node's mount namespace (where alone this systemctl exists), as root.
+        assert_eq!(systemctl.len(), 1, "{systemctl:?}");
+        assert!(systemctl[0].ends_with("uid=0 reboot"), "{systemctl:?}");
+    }
+    install::delete(&cluster, &yaml).unwrap();
+}
+
+#[tokio::test]
+async fn signal_method_reboots_a_real_node_through_a_full_cycle() {
+    one_cycle(Variant::Signal, "signal").await;
+}
+
+#[tokio::test]
+async fn command_method_reboots_a_real_node_through_its_systemctl() {
+    one_cycle(Variant::Command, "command").await;
+}
+
+/// The seed scenario on real containers across two real nodes, installed from `manifests/` as
+/// shipped: a 2-replica web Deployment with a readiness probe, a preStop hook and a grace period,
+/// its Service and a PDB `minAvailable: 1`. Every node is flagged and rolled while a client sends
+/// requests to the Service's ready endpoints the whole time.
+#[tokio::test]
+async fn seed_scenario_on_real_containers_loses_no_request() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (cluster, client, nodes) = real_cluster("seed", 2).await;
+    let ns = "web";
+    cluster.namespace(&client, ns).await.unwrap();
+    let records = cluster.dir().join("web-records");
+    web::create(&client, ns, 2, 1, &records).await.unwrap();
+    web_ready(&client, ns, 2).await;
+    let netns = nodes.iter().map(|n| (n.name.clone(), n.netns())).collect();
+    let traffic = web::Traffic::start(&client, ns, netns).await.unwrap();
+    wait_for("the client's first answers", READY, || async {
+        Ok((traffic.stats().ok >= 10).then_some(()))
+    })
+    .await
+    .unwrap();
+    let rec = Recorder::new();
+    rec.nodes(
+        &client,
+        &format!("{}={}", REAL_NODE_LABEL.0, REAL_NODE_LABEL.1),
+    );
+    rec.lease(&client, NAMESPACE, "baton");
+    rec.endpoints(&client, ns, web::NAME);
+    for n in &nodes {
+        std::fs::write(n.host_path("/run/reboot-required"), "").unwrap();
+    }
+    let started = std::time::Instant::now();
+    let yaml = install::render(&cluster, Variant::Command).unwrap();
+    install::apply(&cluster, &yaml).unwrap();
+    let done = wait_for("every node to reboot and finish", CYCLE * 2, || async {
+        for n in &nodes {
+            if !finished(&client, n).await? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await;
+    if let Err(e) = done {
+        let logs: String = nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- {} boots {:?}\n{}",
+                    n.name,
+                    n.boots(),
+                    n.pod_logs(NAMESPACE, "baton")
+                )
+            })
+            .collect();
+        panic!("{e:#}\n{logs}");
+    }
+    let rollout = started.elapsed();
+    let stats = traffic.stop().await;
+    rec.stop();
+    println!(
+        "seed on real nodes: rollout {:.1}s, requests {} sent, {} answered, {} failed, fewest ready endpoints {:?}, by node {:?}",
+        rollout.as_secs_f64(),
+        stats.sent,
+        stats.ok,
+        stats.failed,
+        stats.min_ready,
+        stats.by_node
+    );
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.errors);
+    assert!(stats.sent >= 100, "the client kept sending: {stats:?}");
+    assert!(stats.min_ready.is_some_and(|m| m >= 1), "{stats:?}");
+    rec.with(|r| {
+        assert_eq!(r.max_in_cycle, 1, "one node at a time");
+        assert!(
+            r.min_ready_endpoints.is_some_and(|m| m >= 1),
+            "{:?}",
+            r.min_ready_endpoints
+        );
+    });
+    for n in &nodes {
+        assert_eq!(n.boots().len(), 2, "{} rebooted once", n.name);
+    }
+    // Every evicted container got its preStop hook, SIGTERM and time to finish.
+    let recs = web::records(&records);
+    let evicted: Vec<_> = recs
+        .iter()
+        .filter(|(_, ev)| ev.iter().any(|(e, _)| e == "term"))
+        .collect();
+    assert!(
+        evicted.len() >= 2,
+        "both nodes' web pods were evicted: {recs:?}"
+    );
+    for (pod, events) in evicted {
+        assert!(web::stopped_gracefully(events), "{pod}: {events:?}");
+    }
+    install::delete(&cluster, &yaml).unwrap();
 }

@@ -12,6 +12,7 @@ pub mod init;
 pub mod inspect;
 pub mod install;
 pub mod net;
+pub mod web;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
