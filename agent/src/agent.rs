@@ -553,8 +553,10 @@ impl Agent {
             && let Ok(state) = node::state_of(n)
             && let Some(until) = state.backoff_until
             && let Ok(left) = until.duration_since(SystemTime::now())
+            // The time comes from an annotation: a far-off one must not overflow the clock.
+            && let Some(at) = Instant::now().checked_add(left + WAKE_MARGIN)
         {
-            wake = wake.min(Instant::now() + left + WAKE_MARGIN);
+            wake = wake.min(at);
         }
         if let Some(t) = self.triggered_at {
             wake = wake.min(t + REBOOT_WAIT);
