@@ -1018,10 +1018,7 @@ impl Agent {
             Step::Drain => self.drain(node, state, boot_id).await,
             Step::Reboot => self.reboot(node, state, boot_id).await,
             Step::Finish { uncordon } => {
-                let next = NodeState {
-                    consecutive_reboots: state.consecutive_reboots + 1,
-                    ..NodeState::default()
-                };
+                let next = state.rebooted();
                 let mut annotations = node::state_annotations(&next, SystemTime::now());
                 annotations.insert(node::REBOOT_REQUESTED.into(), Value::Null);
                 annotations.insert(
@@ -1309,10 +1306,7 @@ impl Agent {
                 }
             }
         }
-        let next = NodeState {
-            reboot_attempts: state.reboot_attempts + 1,
-            ..state.clone()
-        };
+        let next = state.one_more_attempt();
         self.write_state(&next, None, "recording the reboot attempt")
             .await?;
         let events = self.events(node);

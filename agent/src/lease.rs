@@ -409,7 +409,10 @@ impl LeaseClient {
                         .and_then(|s| s.acquire_time.clone())
                         .filter(|_| already_mine);
                     let mut next = lease.clone();
-                    next.spec = Some(self.spec(acquired, transitions + i32::from(!already_mine)));
+                    // Saturates: a Lease at the maximum count must stay takeable (the API
+                    // refuses a wrapped, negative count).
+                    let transitions = transitions.max(0).saturating_add(i32::from(!already_mine));
+                    next.spec = Some(self.spec(acquired, transitions));
                     next.metadata.owner_references = owners.clone();
                     self.api
                         .replace(&self.name, &PostParams::default(), &next)
@@ -690,6 +693,62 @@ mod tests {
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'),
                 "{n}"
             );
+        }
+    }
+
+    /// Exact-call tests of the Lease writes.
+    mod writes {
+        use super::*;
+        use http::{Request, Response};
+        use kube::client::Body;
+        use serde_json::json;
+        use tower_test::mock::{self, Handle};
+
+        type Mock = Handle<Request<Body>, Response<Body>>;
+
+        const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/baton-system/leases/baton";
+
+        fn client() -> (LeaseClient, Mock) {
+            let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let api = Api::namespaced(kube::Client::new(service, "default"), "baton-system");
+            (LeaseClient::new(api, "baton", "me", TTL), handle)
+        }
+
+        fn reply(body: &serde_json::Value) -> Response<Body> {
+            Response::builder()
+                .status(200)
+                .body(Body::from(serde_json::to_vec(body).unwrap()))
+                .unwrap()
+        }
+
+        #[tokio::test]
+        async fn a_free_lease_at_the_maximum_transition_count_can_still_be_taken() {
+            let (lease, mut h) = client();
+            let server = async {
+                let (req, send) = h.next_request().await.expect("a GET");
+                assert_eq!((req.method().as_str(), req.uri().path()), ("GET", PATH));
+                send.send_response(reply(&json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "baton", "namespace": "baton-system", "resourceVersion": "5"},
+                    "spec": {"leaseTransitions": i32::MAX, "leaseDurationSeconds": 60}
+                })));
+                let (req, send) = h.next_request().await.expect("a PUT");
+                assert_eq!((req.method().as_str(), req.uri().path()), ("PUT", PATH));
+                let body: serde_json::Value =
+                    serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap())
+                        .unwrap();
+                send.send_response(reply(&body));
+                body
+            };
+            let (taken, sent) = tokio::join!(lease.acquire(None, None), server);
+            assert!(taken.is_ok(), "{taken:?}");
+            assert_eq!(sent["spec"]["holderIdentity"], "me");
+            assert_eq!(
+                sent["spec"]["leaseTransitions"],
+                i32::MAX,
+                "saturated, not wrapped"
+            );
+            assert_eq!(sent["metadata"]["resourceVersion"], "5");
         }
     }
 

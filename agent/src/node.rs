@@ -100,9 +100,13 @@ pub fn format_time(t: SystemTime) -> String {
         .map_or_else(|_| String::new(), |ts| ts.to_string())
 }
 
+/// A count: digits only; more than `u32::MAX` saturates (a count that large already stops
+/// every loop guard, which is what it means; refusing it would leave the node stuck instead).
 fn parse_count(key: &'static str, v: &str) -> Result<u32, AnnotationError> {
-    v.parse()
-        .map_err(|_| bad(key, v, "expected a whole number"))
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(key, v, "expected a whole number"));
+    }
+    Ok(v.parse().unwrap_or(u32::MAX))
 }
 
 /// Reads baton's state from a Node's annotations.
@@ -368,6 +372,24 @@ mod tests {
             assert_eq!(err.key, key);
             let line = err.to_string();
             assert!(line.contains(key) && !line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn counts_beyond_the_maximum_saturate_instead_of_stopping_the_node() {
+        let huge = "99999999999999999999999";
+        let s = read_state(&ann(&[
+            (CONSECUTIVE_REBOOTS, huge),
+            (REBOOT_ATTEMPTS, "4294967296"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (s.consecutive_reboots, s.reboot_attempts),
+            (u32::MAX, u32::MAX)
+        );
+        for bad in ["-1", "1e3", "+", " 7"] {
+            let err = read_state(&ann(&[(REBOOT_ATTEMPTS, bad)])).unwrap_err();
+            assert_eq!(err.key, REBOOT_ATTEMPTS, "{bad:?}");
         }
     }
 
