@@ -515,7 +515,13 @@ impl Agent {
     async fn check_flag(&mut self) {
         let (flag, source) = match &self.args.reboot_sentinel_command {
             Some(argv) => (
-                flag::check_command(&self.host, argv, self.args.reboot_sentinel_timeout).await,
+                flag::check_command(
+                    &self.host,
+                    argv,
+                    self.args.reboot_sentinel_timeout,
+                    &mut self.shutdown,
+                )
+                .await,
                 Source::Command,
             ),
             None => (
@@ -523,6 +529,10 @@ impl Agent {
                 Source::File,
             ),
         };
+        if self.shutdown.requested() {
+            // Stopped mid-check: no answer, and none to record.
+            return;
+        }
         if let Flag::Unknown(why) = &flag {
             self.metrics
                 .flag_check_failures
@@ -1328,6 +1338,7 @@ impl Agent {
             self.host,
             &self.args.reboot_command,
             self.args.reboot_signal,
+            &mut self.shutdown,
         )
         .await;
         match triggered {
@@ -1336,6 +1347,12 @@ impl Agent {
                 self.triggered_at = Some(Instant::now());
                 self.note_wait("reboot triggered; waiting for the host to go down");
                 Ok(Progress::Wait)
+            }
+            Ok(Triggered::Stopped) => {
+                tracing::info!(
+                    "stop requested while the reboot command ran; the next start resumes"
+                );
+                Ok(Progress::Stop)
             }
             Ok(Triggered::DryRun) => {
                 self.abort(

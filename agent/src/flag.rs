@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::host::Host;
+use crate::host::{self, Ended, Host};
+use crate::shutdown::Shutdown;
 
 /// The combined answer to "does this node need a reboot?".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,8 +83,14 @@ pub async fn check_file(path: &Path) -> Flag {
     }
 }
 
-/// Runs the sentinel command (in the host's mount namespace) with a timeout.
-pub async fn check_command(host: &Host, argv: &[String], timeout: Duration) -> Flag {
+/// Runs the sentinel command (in the host's mount namespace, in its own process group) with a
+/// timeout. A timeout or a stop request kills its whole process group at once.
+pub async fn check_command(
+    host: &Host,
+    argv: &[String],
+    timeout: Duration,
+    shutdown: &mut Shutdown,
+) -> Flag {
     let shown = argv.join(" ");
     let mut cmd = match host.command(argv) {
         Ok(c) => c,
@@ -91,18 +98,16 @@ pub async fn check_command(host: &Host, argv: &[String], timeout: Duration) -> F
     };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Flag::Unknown(format!("cannot start sentinel command `{shown}`: {e}")),
-    };
-    match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(status)) => from_exit_code(status.code(), &shown),
-        Ok(Err(e)) => Flag::Unknown(format!("sentinel command `{shown}` failed: {e}")),
-        Err(_) => Flag::Unknown(format!(
+        .stderr(Stdio::null());
+    match host::run(cmd, timeout, shutdown).await {
+        Ok(Ended::Exited(status)) => from_exit_code(status.code(), &shown),
+        Err(e) => Flag::Unknown(format!("cannot run sentinel command `{shown}`: {e}")),
+        Ok(Ended::TimedOut) => Flag::Unknown(format!(
             "sentinel command `{shown}` timed out after {}",
             humantime::format_duration(timeout)
+        )),
+        Ok(Ended::Stopped) => Flag::Unknown(format!(
+            "sentinel command `{shown}` was stopped: the agent is stopping"
         )),
     }
 }
@@ -154,30 +159,75 @@ mod tests {
 
     #[tokio::test]
     async fn command_check_maps_failures_to_unknown() {
-        let host = Host::new(i32::try_from(std::process::id()).unwrap());
+        let host = host::testing::host();
         let t = Duration::from_secs(10);
-        let sh = |s: &str| vec!["/bin/sh".to_owned(), "-c".to_owned(), s.to_owned()];
+        let (_stop, mut shutdown) = crate::shutdown::channel();
+        let shutdown = &mut shutdown;
+        let sh = host::testing::sh;
         assert!(matches!(
-            check_command(&host, &sh("exit 0"), t).await,
+            check_command(&host, &sh("exit 0"), t, shutdown).await,
             Flag::Required(_)
         ));
         assert_eq!(
-            check_command(&host, &sh("exit 1"), t).await,
+            check_command(&host, &sh("exit 1"), t, shutdown).await,
             Flag::NotRequired
         );
         assert!(matches!(
-            check_command(&host, &sh("exit 2"), t).await,
+            check_command(&host, &sh("exit 2"), t, shutdown).await,
             Flag::Unknown(_)
         ));
         let missing = vec!["/nonexistent/baton-sentinel".to_owned()];
         assert!(matches!(
-            check_command(&host, &missing, t).await,
+            check_command(&host, &missing, t, shutdown).await,
             Flag::Unknown(_)
         ));
-        let slow = check_command(&host, &sh("sleep 5"), Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test]
+    async fn a_sentinel_that_times_out_leaves_nothing_running() {
+        let host = host::testing::host();
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let (_stop, mut shutdown) = crate::shutdown::channel();
+        // Long enough for the shell to start its grandchild on a loaded machine.
+        let timeout = Duration::from_secs(2);
+        let argv = host::testing::with_grandchild(&pidfile);
+        let flag = check_command(&host, &argv, timeout, &mut shutdown).await;
         assert!(
-            matches!(slow, Flag::Unknown(ref m) if m.contains("timed out")),
-            "{slow:?}"
+            matches!(flag, Flag::Unknown(ref m) if m.contains("timed out")),
+            "{flag:?}"
+        );
+        let (pid, started) = host::testing::grandchild(&pidfile).await;
+        assert!(
+            host::testing::gone(pid, &started).await,
+            "grandchild {pid} survived the timeout"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stop_request_ends_a_hanging_sentinel_at_once() {
+        let host = host::testing::host();
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let (stop, mut shutdown) = crate::shutdown::channel();
+        let argv = host::testing::with_grandchild(&pidfile);
+        let check = check_command(&host, &argv, Duration::from_secs(600), &mut shutdown);
+        let stopper = async {
+            let pid = host::testing::grandchild(&pidfile).await;
+            stop.send(true).unwrap();
+            pid
+        };
+        let both = async { tokio::join!(check, stopper) };
+        let (flag, (pid, started)) = tokio::time::timeout(host::testing::PATIENCE, both)
+            .await
+            .expect("the check ends soon after the stop request");
+        assert!(
+            matches!(flag, Flag::Unknown(ref m) if m.contains("stopped")),
+            "{flag:?}"
+        );
+        assert!(
+            host::testing::gone(pid, &started).await,
+            "grandchild {pid} survived the stop"
         );
     }
 }
