@@ -91,26 +91,6 @@ impl<K: Resource + Clone> Latest<K> {
     }
 }
 
-/// The two API clients: one for requests, with `api_timeout`, and one for watches, which stay
-/// open for minutes. Neither retries 429s by itself: a refused eviction must reach the drain
-/// logic. Both identify themselves as `baton/<version> (<who>)` in audit logs.
-pub async fn clients(api_timeout: Duration, who: &str) -> anyhow::Result<(Client, Client)> {
-    let mut config = kube::Config::infer()
-        .await
-        .context("cannot find Kubernetes credentials (in-cluster or KUBECONFIG)")?;
-    let agent_name = format!("baton/{} ({who})", env!("CARGO_PKG_VERSION"));
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_str(&agent_name).context("building the User-Agent header")?,
-    ));
-    config.default_retry = false;
-    let mut request_config = config.clone();
-    request_config.read_timeout = Some(api_timeout);
-    let client = Client::try_from(request_config).context("building the API client")?;
-    let watch_client = Client::try_from(config).context("building the API client")?;
-    Ok((client, watch_client))
-}
-
 /// Runs the agent until a stop is requested (Ok) or something fails for good (Err).
 pub async fn run(
     args: AgentArgs,
@@ -127,7 +107,7 @@ pub async fn run(
     })?;
 
     let (client, watch_client) =
-        clients(args.api_timeout, &format!("node {}", args.node_name)).await?;
+        crate::api::clients(args.api_timeout, &format!("node {}", args.node_name)).await?;
 
     let (node_tx, node_rx) = watch::channel(Seen::Unsynced);
 

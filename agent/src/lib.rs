@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod alerts;
+pub mod api;
 pub mod config;
 pub mod drain;
 pub mod flag;
