@@ -31,6 +31,7 @@ use crate::node::{self, Events, Update};
 use crate::reboot::{self, Triggered};
 use crate::server::{self, Readiness};
 use crate::shutdown::Shutdown;
+use crate::text::{REASON_MAX, truncate};
 
 /// After triggering a reboot, how long to wait for the host to go down before triggering again:
 /// a clean shutdown of a busy host takes minutes, and a second trigger is harmless but noisy.
@@ -733,10 +734,12 @@ impl Agent {
                 cm.data
                     .as_ref()
                     .and_then(|d| d.get(PAUSE_REASON_KEY))
-                    .map_or("no reason given", String::as_str)
+                    .map_or("no reason given".into(), |r| truncate(r, REASON_MAX))
             )),
         };
-        let here = node_annotations.get(node::PAUSE).cloned();
+        let here = node_annotations
+            .get(node::PAUSE)
+            .map(|r| truncate(r, REASON_MAX).into_owned());
         let window = self.window.check(jiff::Timestamp::now());
         self.metrics
             .paused

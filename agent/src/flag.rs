@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::host::{self, Ended, Host};
 use crate::shutdown::Shutdown;
+use crate::text;
 
 /// The combined answer to "does this node need a reboot?".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,13 +48,17 @@ impl Source {
 }
 
 /// A manual request (the annotation's value, its reason) wins over the file or command; a
-/// failed check stays a failed check otherwise.
+/// failed check stays a failed check otherwise. The reason is cut to [`text::REASON_MAX`]: it
+/// travels into logs, Events and the Node.
 pub fn combine(source: Flag, annotation: Option<&str>) -> Flag {
     match annotation {
         Some(reason) if reason.trim().is_empty() => {
             Flag::Required("requested by annotation".to_owned())
         }
-        Some(reason) => Flag::Required(format!("requested by annotation: {}", reason.trim())),
+        Some(reason) => Flag::Required(format!(
+            "requested by annotation: {}",
+            text::truncate(reason.trim(), text::REASON_MAX)
+        )),
         None => source,
     }
 }
@@ -126,6 +131,20 @@ mod tests {
                 "{code:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_long_annotation_reason_is_cut_before_it_travels() {
+        let reason = format!("CVE-2026-1234 {}", "x".repeat(4000));
+        let flag = combine(Flag::NotRequired, Some(&reason));
+        assert!(matches!(flag, Flag::Required(_)), "{flag:?}");
+        let why = match flag {
+            Flag::Required(why) => why,
+            _ => String::new(),
+        };
+        assert!(why.contains("CVE-2026-1234"), "{why}");
+        assert!(why.len() <= 300, "{} bytes", why.len());
+        assert!(why.ends_with('…'), "{why}");
     }
 
     #[test]

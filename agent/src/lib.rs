@@ -22,4 +22,5 @@ pub mod node;
 pub mod reboot;
 pub mod server;
 pub mod shutdown;
+pub mod text;
 pub mod window;

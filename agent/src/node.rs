@@ -293,7 +293,7 @@ impl Events {
         }
     }
 
-    /// Publishes one Event; a failure is logged, never fatal.
+    /// Publishes one Event, its note cut to the API's limit; a failure is logged, never fatal.
     pub async fn publish(&self, warning: bool, reason: &str, action: &str, note: String) {
         let ev = Event {
             type_: if warning {
@@ -302,7 +302,8 @@ impl Events {
                 EventType::Normal
             },
             reason: reason.into(),
-            note: Some(note),
+            // Over the API's limit the whole Event would be refused and lost.
+            note: Some(crate::text::truncate(&note, crate::text::EVENT_NOTE_MAX).into_owned()),
             action: action.into(),
             secondary: None,
         };
@@ -391,6 +392,43 @@ mod tests {
             let err = read_state(&ann(&[(REBOOT_ATTEMPTS, bad)])).unwrap_err();
             assert_eq!(err.key, REBOOT_ATTEMPTS, "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_long_event_note_is_cut_to_the_api_limit_not_lost() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let node: Node =
+            serde_json::from_value(json!({"metadata": {"name": "n1", "uid": "u"}})).unwrap();
+        let events = Events::new(kube::Client::new(service, "default"), &node);
+        let note = format!("maintenance ({})", "r".repeat(4000));
+        let server = async {
+            let (req, send) = h.next_request().await.expect("a POST");
+            assert_eq!(req.method().as_str(), "POST");
+            assert_eq!(
+                req.uri().path(),
+                "/apis/events.k8s.io/v1/namespaces/default/events"
+            );
+            let body = req.into_body().collect_bytes().await.unwrap();
+            send.send_response(
+                Response::builder()
+                    .status(201)
+                    .body(Body::from(body.clone()))
+                    .unwrap(),
+            );
+            serde_json::from_slice::<Value>(&body).unwrap()
+        };
+        let ((), sent) = tokio::join!(
+            events.publish(false, "MaintenanceStarted", "Cordon", note),
+            server
+        );
+        let sent = sent["note"].as_str().unwrap();
+        assert!(sent.len() <= 1024, "{} bytes", sent.len());
+        assert!(
+            sent.starts_with("maintenance (rrr") && sent.ends_with('…'),
+            "{sent}"
+        );
     }
 
     #[test]
