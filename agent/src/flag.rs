@@ -120,6 +120,7 @@ pub async fn check_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::testing::{self, Grandchild};
 
     #[test]
     fn exit_codes_map_to_flags_and_never_guess() {
@@ -178,11 +179,11 @@ mod tests {
 
     #[tokio::test]
     async fn command_check_maps_failures_to_unknown() {
-        let host = host::testing::host();
+        let host = testing::host();
         let t = Duration::from_secs(10);
         let (_stop, mut shutdown) = crate::shutdown::channel();
         let shutdown = &mut shutdown;
-        let sh = host::testing::sh;
+        let sh = testing::sh;
         assert!(matches!(
             check_command(&host, &sh("exit 0"), t, shutdown).await,
             Flag::Required(_)
@@ -204,49 +205,29 @@ mod tests {
 
     #[tokio::test]
     async fn a_sentinel_that_times_out_leaves_nothing_running() {
-        let host = host::testing::host();
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("pid");
+        let g = Grandchild::new();
         let (_stop, mut shutdown) = crate::shutdown::channel();
         // Long enough for the shell to start its grandchild on a loaded machine.
         let timeout = Duration::from_secs(2);
-        let argv = host::testing::with_grandchild(&pidfile);
-        let flag = check_command(&host, &argv, timeout, &mut shutdown).await;
+        let flag = check_command(&testing::host(), &g.waiting(), timeout, &mut shutdown).await;
         assert!(
             matches!(flag, Flag::Unknown(ref m) if m.contains("timed out")),
             "{flag:?}"
         );
-        let (pid, started) = host::testing::grandchild(&pidfile).await;
-        assert!(
-            host::testing::gone(pid, &started).await,
-            "grandchild {pid} survived the timeout"
-        );
+        g.assert_gone().await;
     }
 
     #[tokio::test]
     async fn a_stop_request_ends_a_hanging_sentinel_at_once() {
-        let host = host::testing::host();
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("pid");
+        let g = Grandchild::new();
         let (stop, mut shutdown) = crate::shutdown::channel();
-        let argv = host::testing::with_grandchild(&pidfile);
+        let (host, argv) = (testing::host(), g.waiting());
         let check = check_command(&host, &argv, Duration::from_secs(600), &mut shutdown);
-        let stopper = async {
-            let pid = host::testing::grandchild(&pidfile).await;
-            stop.send(true).unwrap();
-            pid
-        };
-        let both = async { tokio::join!(check, stopper) };
-        let (flag, (pid, started)) = tokio::time::timeout(host::testing::PATIENCE, both)
-            .await
-            .expect("the check ends soon after the stop request");
+        let flag = g.stop_once_started(check, &stop).await;
         assert!(
             matches!(flag, Flag::Unknown(ref m) if m.contains("stopped")),
             "{flag:?}"
         );
-        assert!(
-            host::testing::gone(pid, &started).await,
-            "grandchild {pid} survived the stop"
-        );
+        g.assert_gone().await;
     }
 }

@@ -174,9 +174,10 @@ pub async fn run(
 /// Helpers for tests that run real processes.
 #[cfg(test)]
 pub(crate) mod testing {
-    use std::path::Path;
+    use std::path::PathBuf;
     use std::time::Duration;
 
+    use tokio::sync::watch;
     use tokio::time::Instant;
 
     use super::Host;
@@ -194,14 +195,6 @@ pub(crate) mod testing {
         vec!["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()]
     }
 
-    /// A script that starts a grandchild `sleep 1000`, writes its PID to `pidfile`, and waits.
-    pub fn with_grandchild(pidfile: &Path) -> Vec<String> {
-        sh(&format!(
-            "sleep 1000 >/dev/null 2>&1 & echo $! > {}.tmp && mv {0}.tmp {0}; wait",
-            pidfile.display()
-        ))
-    }
-
     /// A process's state and start time (fields 3 and 22 of `/proc/PID/stat`), if it exists.
     fn stat(pid: i32) -> Option<(String, String)> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -211,34 +204,85 @@ pub(crate) mod testing {
         Some((fields.first()?.to_string(), fields.get(19)?.to_string()))
     }
 
-    /// The grandchild's PID from `pidfile` and its start time, waiting until it is written.
-    pub async fn grandchild(pidfile: &Path) -> (i32, String) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(pidfile) {
-                let pid: i32 = text.trim().parse().unwrap();
-                let (_, started) = stat(pid).expect("the grandchild runs");
-                return (pid, started);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no grandchild within {PATIENCE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    /// A command that starts a grandchild `sleep 1000`, and how to find that grandchild.
+    pub struct Grandchild {
+        dir: tempfile::TempDir,
     }
 
-    /// Whether the process is gone (a zombie, or another process under its PID, counts as gone)
-    /// within [`PATIENCE`].
-    pub async fn gone(pid: i32, started: &str) -> bool {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            match stat(pid) {
-                None => return true,
-                Some((state, start)) if state == "Z" || start != started => return true,
-                Some(_) if Instant::now() >= deadline => return false,
-                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+    impl Grandchild {
+        /// A grandchild-to-be, with a folder of its own.
+        pub fn new() -> Self {
+            Self {
+                dir: tempfile::tempdir().unwrap(),
             }
+        }
+
+        /// A file in its folder.
+        pub fn file(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        /// `sh -c` running `before`, then starting the grandchild (its PID written to a file),
+        /// then `then` (`wait` to hang on it, `exit 3` to leave it behind).
+        pub fn script(&self, before: &str, then: &str) -> Vec<String> {
+            sh(&format!(
+                "{before}; sleep 1000 >/dev/null 2>&1 & echo $! > {0}.tmp && mv {0}.tmp {0}; {then}",
+                self.file("pid").display()
+            ))
+        }
+
+        /// A command that starts the grandchild and waits for it.
+        pub fn waiting(&self) -> Vec<String> {
+            self.script(":", "wait")
+        }
+
+        /// The grandchild's PID and start time, once it runs.
+        pub async fn started(&self) -> (i32, String) {
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                if let Ok(text) = std::fs::read_to_string(self.file("pid")) {
+                    let pid: i32 = text.trim().parse().unwrap();
+                    let (_, started) = stat(pid).expect("the grandchild runs");
+                    return (pid, started);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no grandchild within {PATIENCE:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        /// Asserts that the grandchild is gone (a zombie, or another process under its PID,
+        /// counts as gone) within [`PATIENCE`].
+        pub async fn assert_gone(&self) {
+            let (pid, started) = self.started().await;
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                match stat(pid) {
+                    None => return,
+                    Some((state, start)) if state == "Z" || start != started => return,
+                    Some(_) => assert!(Instant::now() < deadline, "grandchild {pid} survived"),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        /// Runs `work` (which runs [`Grandchild::waiting`]), asks it to stop through `stop` once
+        /// the grandchild runs, and returns what it returned; fails unless that is soon after.
+        pub async fn stop_once_started<T>(
+            &self,
+            work: impl Future<Output = T>,
+            stop: &watch::Sender<bool>,
+        ) -> T {
+            let stopper = async {
+                self.started().await;
+                stop.send(true).unwrap();
+            };
+            let both = async { tokio::join!(work, stopper).0 };
+            tokio::time::timeout(PATIENCE, both)
+                .await
+                .expect("the work ends soon after the stop request")
         }
     }
 }
@@ -267,15 +311,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_cancelled_run_kills_the_whole_process_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("pid");
-        let cmd = host().command(&with_grandchild(&pidfile)).unwrap();
+        let g = Grandchild::new();
+        let cmd = host().command(&g.waiting()).unwrap();
         let (_stop, mut shutdown) = crate::shutdown::channel();
-        let pid = tokio::select! {
+        tokio::select! {
             r = run(cmd, Duration::from_secs(600), &mut shutdown) => panic!("ended: {r:?}"),
-            pid = grandchild(&pidfile) => pid,
-        };
-        assert!(gone(pid.0, &pid.1).await, "grandchild {} survived", pid.0);
+            _ = g.started() => {}
+        }
+        g.assert_gone().await;
     }
 
     #[tokio::test]
@@ -299,14 +342,13 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let (pidfile, nsfile) = (dir.path().join("pid"), dir.path().join("ns"));
-        let script = format!(
-            "readlink /proc/self/ns/mnt > {}; sleep 1000 >/dev/null 2>&1 & echo $! > {}.tmp && mv {1}.tmp {1}; wait",
-            nsfile.display(),
-            pidfile.display()
+        let g = Grandchild::new();
+        let nsfile = g.file("ns");
+        let argv = g.script(
+            &format!("readlink /proc/self/ns/mnt > {}", nsfile.display()),
+            "wait",
         );
-        let cmd = Host::new(pid).command(&sh(&script)).unwrap();
+        let cmd = Host::new(pid).command(&argv).unwrap();
         let (_stop, mut shutdown) = crate::shutdown::channel();
         let ended = run(cmd, Duration::from_secs(2), &mut shutdown).await;
         assert!(matches!(ended, Ok(Ended::TimedOut)), "{ended:?}");
@@ -317,31 +359,21 @@ mod tests {
             target.to_str().unwrap(),
             "ran in the target's namespace"
         );
-        let (grandchild, started) = grandchild(&pidfile).await;
-        assert!(
-            gone(grandchild, &started).await,
-            "grandchild {grandchild} survived"
-        );
+        g.assert_gone().await;
         other.kill().await.unwrap();
     }
 
     #[tokio::test]
     async fn what_a_command_leaves_running_is_killed_when_it_exits() {
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("pid");
-        let script = format!(
-            "sleep 1000 >/dev/null 2>&1 & echo $! > {}.tmp && mv {0}.tmp {0}; exit 3",
-            pidfile.display()
-        );
-        let cmd = host().command(&sh(&script)).unwrap();
+        let g = Grandchild::new();
+        let cmd = host().command(&g.script(":", "exit 3")).unwrap();
         let (_stop, mut shutdown) = crate::shutdown::channel();
         let ended = run(cmd, Duration::from_secs(600), &mut shutdown).await;
         assert!(
             matches!(ended, Ok(Ended::Exited(s)) if s.code() == Some(3)),
             "{ended:?}"
         );
-        let (pid, started) = grandchild(&pidfile).await;
-        assert!(gone(pid, &started).await, "background child {pid} survived");
+        g.assert_gone().await;
     }
 
     #[test]

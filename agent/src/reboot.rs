@@ -128,39 +128,38 @@ pub async fn trigger(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::testing::{self, Grandchild};
 
     #[tokio::test]
     async fn a_stop_request_ends_a_hanging_reboot_command_and_all_it_started() {
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("pid");
+        let g = Grandchild::new();
         let (stop, mut shutdown) = crate::shutdown::channel();
-        let argv = host::testing::with_grandchild(&pidfile);
-        let host = host::testing::host();
-        let reboot = trigger(RebootMethod::Command, host, &argv, 39, &mut shutdown);
-        let stopper = async {
-            let pid = host::testing::grandchild(&pidfile).await;
-            stop.send(true).unwrap();
-            pid
-        };
-        let both = async { tokio::join!(reboot, stopper) };
-        let (triggered, (pid, started)) = tokio::time::timeout(host::testing::PATIENCE, both)
-            .await
-            .expect("the trigger ends soon after the stop request");
-        assert!(matches!(triggered, Ok(Triggered::Stopped)), "{triggered:?}");
-        assert!(
-            host::testing::gone(pid, &started).await,
-            "grandchild {pid} survived the stop"
+        let argv = g.waiting();
+        let reboot = trigger(
+            RebootMethod::Command,
+            testing::host(),
+            &argv,
+            39,
+            &mut shutdown,
         );
+        let triggered = g.stop_once_started(reboot, &stop).await;
+        assert!(matches!(triggered, Ok(Triggered::Stopped)), "{triggered:?}");
+        g.assert_gone().await;
     }
 
     #[tokio::test]
     async fn a_failing_reboot_command_is_an_error_naming_it() {
         let (_stop, mut shutdown) = crate::shutdown::channel();
-        let argv = host::testing::sh("exit 4");
-        let host = host::testing::host();
-        let err = trigger(RebootMethod::Command, host, &argv, 39, &mut shutdown)
-            .await
-            .unwrap_err();
+        let argv = testing::sh("exit 4");
+        let err = trigger(
+            RebootMethod::Command,
+            testing::host(),
+            &argv,
+            39,
+            &mut shutdown,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, RebootError::Exit { .. }), "{err:?}");
         assert!(err.to_string().contains("exit 4"), "{err}");
     }
