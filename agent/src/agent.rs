@@ -31,6 +31,7 @@ use crate::node::{self, Events, Update};
 use crate::reboot::{self, Triggered};
 use crate::server::{self, Readiness};
 use crate::shutdown::Shutdown;
+use crate::text::{REASON_MAX, truncate};
 
 /// After triggering a reboot, how long to wait for the host to go down before triggering again:
 /// a clean shutdown of a busy host takes minutes, and a second trigger is harmless but noisy.
@@ -91,26 +92,6 @@ impl<K: Resource + Clone> Latest<K> {
     }
 }
 
-/// The two API clients: one for requests, with `api_timeout`, and one for watches, which stay
-/// open for minutes. Neither retries 429s by itself: a refused eviction must reach the drain
-/// logic. Both identify themselves as `baton/<version> (<who>)` in audit logs.
-pub async fn clients(api_timeout: Duration, who: &str) -> anyhow::Result<(Client, Client)> {
-    let mut config = kube::Config::infer()
-        .await
-        .context("cannot find Kubernetes credentials (in-cluster or KUBECONFIG)")?;
-    let agent_name = format!("baton/{} ({who})", env!("CARGO_PKG_VERSION"));
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_str(&agent_name).context("building the User-Agent header")?,
-    ));
-    config.default_retry = false;
-    let mut request_config = config.clone();
-    request_config.read_timeout = Some(api_timeout);
-    let client = Client::try_from(request_config).context("building the API client")?;
-    let watch_client = Client::try_from(config).context("building the API client")?;
-    Ok((client, watch_client))
-}
-
 /// Runs the agent until a stop is requested (Ok) or something fails for good (Err).
 pub async fn run(
     args: AgentArgs,
@@ -130,7 +111,7 @@ pub async fn run(
     })?;
 
     let (client, watch_client) =
-        clients(args.api_timeout, &format!("node {}", args.node_name)).await?;
+        crate::api::clients(args.api_timeout, &format!("node {}", args.node_name)).await?;
 
     let (node_tx, node_rx) = watch::channel(Seen::Unsynced);
 
@@ -518,7 +499,13 @@ impl Agent {
     async fn check_flag(&mut self) {
         let (flag, source) = match &self.args.reboot_sentinel_command {
             Some(argv) => (
-                flag::check_command(&self.host, argv, self.args.reboot_sentinel_timeout).await,
+                flag::check_command(
+                    &self.host,
+                    argv,
+                    self.args.reboot_sentinel_timeout,
+                    &mut self.shutdown,
+                )
+                .await,
                 Source::Command,
             ),
             None => (
@@ -526,6 +513,10 @@ impl Agent {
                 Source::File,
             ),
         };
+        if self.shutdown.requested() {
+            // Stopped mid-check: no answer, and none to record.
+            return;
+        }
         if let Flag::Unknown(why) = &flag {
             self.metrics
                 .flag_check_failures
@@ -556,8 +547,10 @@ impl Agent {
             && let Ok(state) = node::state_of(n)
             && let Some(until) = state.backoff_until
             && let Ok(left) = until.duration_since(SystemTime::now())
+            // The time comes from an annotation: a far-off one must not overflow the clock.
+            && let Some(at) = Instant::now().checked_add(left + WAKE_MARGIN)
         {
-            wake = wake.min(Instant::now() + left + WAKE_MARGIN);
+            wake = wake.min(at);
         }
         if let Some(t) = self.triggered_at {
             wake = wake.min(t + REBOOT_WAIT);
@@ -744,10 +737,12 @@ impl Agent {
                 cm.data
                     .as_ref()
                     .and_then(|d| d.get(PAUSE_REASON_KEY))
-                    .map_or("no reason given", String::as_str)
+                    .map_or("no reason given".into(), |r| truncate(r, REASON_MAX))
             )),
         };
-        let here = node_annotations.get(node::PAUSE).cloned();
+        let here = node_annotations
+            .get(node::PAUSE)
+            .map(|r| truncate(r, REASON_MAX).into_owned());
         let window = self.window.check(jiff::Timestamp::now());
         self.metrics
             .paused
@@ -1019,10 +1014,7 @@ impl Agent {
             Step::Drain => self.drain(node, state, boot_id).await,
             Step::Reboot => self.reboot(node, state, boot_id).await,
             Step::Finish { uncordon } => {
-                let next = NodeState {
-                    consecutive_reboots: state.consecutive_reboots + 1,
-                    ..NodeState::default()
-                };
+                let next = state.rebooted();
                 let mut annotations = node::state_annotations(&next, SystemTime::now());
                 annotations.insert(node::REBOOT_REQUESTED.into(), Value::Null);
                 annotations.insert(
@@ -1310,10 +1302,7 @@ impl Agent {
                 }
             }
         }
-        let next = NodeState {
-            reboot_attempts: state.reboot_attempts + 1,
-            ..state.clone()
-        };
+        let next = state.one_more_attempt();
         self.write_state(&next, None, "recording the reboot attempt")
             .await?;
         let events = self.events(node);
@@ -1335,6 +1324,7 @@ impl Agent {
             self.host,
             &self.args.reboot_command,
             self.args.reboot_signal,
+            &mut self.shutdown,
         )
         .await;
         match triggered {
@@ -1343,6 +1333,12 @@ impl Agent {
                 self.triggered_at = Some(Instant::now());
                 self.note_wait("reboot triggered; waiting for the host to go down");
                 Ok(Progress::Wait)
+            }
+            Ok(Triggered::Stopped) => {
+                tracing::info!(
+                    "stop requested while the reboot command ran; the next start resumes"
+                );
+                Ok(Progress::Stop)
             }
             Ok(Triggered::DryRun) => {
                 self.abort(

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::host::Host;
+use crate::host::{self, Ended, Host};
+use crate::shutdown::Shutdown;
+use crate::text;
 
 /// The combined answer to "does this node need a reboot?".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,13 +48,17 @@ impl Source {
 }
 
 /// A manual request (the annotation's value, its reason) wins over the file or command; a
-/// failed check stays a failed check otherwise.
+/// failed check stays a failed check otherwise. The reason is cut to [`text::REASON_MAX`]: it
+/// travels into logs, Events and the Node.
 pub fn combine(source: Flag, annotation: Option<&str>) -> Flag {
     match annotation {
         Some(reason) if reason.trim().is_empty() => {
             Flag::Required("requested by annotation".to_owned())
         }
-        Some(reason) => Flag::Required(format!("requested by annotation: {}", reason.trim())),
+        Some(reason) => Flag::Required(format!(
+            "requested by annotation: {}",
+            text::truncate(reason.trim(), text::REASON_MAX)
+        )),
         None => source,
     }
 }
@@ -82,8 +88,14 @@ pub async fn check_file(path: &Path) -> Flag {
     }
 }
 
-/// Runs the sentinel command (in the host's mount namespace) with a timeout.
-pub async fn check_command(host: &Host, argv: &[String], timeout: Duration) -> Flag {
+/// Runs the sentinel command (in the host's mount namespace, in its own process group) with a
+/// timeout. A timeout or a stop request kills its whole process group at once.
+pub async fn check_command(
+    host: &Host,
+    argv: &[String],
+    timeout: Duration,
+    shutdown: &mut Shutdown,
+) -> Flag {
     let shown = argv.join(" ");
     let mut cmd = match host.command(argv) {
         Ok(c) => c,
@@ -91,18 +103,16 @@ pub async fn check_command(host: &Host, argv: &[String], timeout: Duration) -> F
     };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Flag::Unknown(format!("cannot start sentinel command `{shown}`: {e}")),
-    };
-    match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(status)) => from_exit_code(status.code(), &shown),
-        Ok(Err(e)) => Flag::Unknown(format!("sentinel command `{shown}` failed: {e}")),
-        Err(_) => Flag::Unknown(format!(
+        .stderr(Stdio::null());
+    match host::run(cmd, timeout, shutdown).await {
+        Ok(Ended::Exited(status)) => from_exit_code(status.code(), &shown),
+        Err(e) => Flag::Unknown(format!("cannot run sentinel command `{shown}`: {e}")),
+        Ok(Ended::TimedOut) => Flag::Unknown(format!(
             "sentinel command `{shown}` timed out after {}",
             humantime::format_duration(timeout)
+        )),
+        Ok(Ended::Stopped) => Flag::Unknown(format!(
+            "sentinel command `{shown}` was stopped: the agent is stopping"
         )),
     }
 }
@@ -110,6 +120,7 @@ pub async fn check_command(host: &Host, argv: &[String], timeout: Duration) -> F
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::testing::{self, Grandchild};
 
     #[test]
     fn exit_codes_map_to_flags_and_never_guess() {
@@ -121,6 +132,20 @@ mod tests {
                 "{code:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_long_annotation_reason_is_cut_before_it_travels() {
+        let reason = format!("CVE-2026-1234 {}", "x".repeat(4000));
+        let flag = combine(Flag::NotRequired, Some(&reason));
+        assert!(matches!(flag, Flag::Required(_)), "{flag:?}");
+        let why = match flag {
+            Flag::Required(why) => why,
+            _ => String::new(),
+        };
+        assert!(why.contains("CVE-2026-1234"), "{why}");
+        assert!(why.len() <= 300, "{} bytes", why.len());
+        assert!(why.ends_with('…'), "{why}");
     }
 
     #[test]
@@ -154,30 +179,55 @@ mod tests {
 
     #[tokio::test]
     async fn command_check_maps_failures_to_unknown() {
-        let host = Host::new(i32::try_from(std::process::id()).unwrap());
+        let host = testing::host();
         let t = Duration::from_secs(10);
-        let sh = |s: &str| vec!["/bin/sh".to_owned(), "-c".to_owned(), s.to_owned()];
+        let (_stop, mut shutdown) = crate::shutdown::channel();
+        let shutdown = &mut shutdown;
+        let sh = testing::sh;
         assert!(matches!(
-            check_command(&host, &sh("exit 0"), t).await,
+            check_command(&host, &sh("exit 0"), t, shutdown).await,
             Flag::Required(_)
         ));
         assert_eq!(
-            check_command(&host, &sh("exit 1"), t).await,
+            check_command(&host, &sh("exit 1"), t, shutdown).await,
             Flag::NotRequired
         );
         assert!(matches!(
-            check_command(&host, &sh("exit 2"), t).await,
+            check_command(&host, &sh("exit 2"), t, shutdown).await,
             Flag::Unknown(_)
         ));
         let missing = vec!["/nonexistent/baton-sentinel".to_owned()];
         assert!(matches!(
-            check_command(&host, &missing, t).await,
+            check_command(&host, &missing, t, shutdown).await,
             Flag::Unknown(_)
         ));
-        let slow = check_command(&host, &sh("sleep 5"), Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test]
+    async fn a_sentinel_that_times_out_leaves_nothing_running() {
+        let g = Grandchild::new();
+        let (_stop, mut shutdown) = crate::shutdown::channel();
+        // Long enough for the shell to start its grandchild on a loaded machine.
+        let timeout = Duration::from_secs(2);
+        let flag = check_command(&testing::host(), &g.waiting(), timeout, &mut shutdown).await;
         assert!(
-            matches!(slow, Flag::Unknown(ref m) if m.contains("timed out")),
-            "{slow:?}"
+            matches!(flag, Flag::Unknown(ref m) if m.contains("timed out")),
+            "{flag:?}"
         );
+        g.assert_gone().await;
+    }
+
+    #[tokio::test]
+    async fn a_stop_request_ends_a_hanging_sentinel_at_once() {
+        let g = Grandchild::new();
+        let (stop, mut shutdown) = crate::shutdown::channel();
+        let (host, argv) = (testing::host(), g.waiting());
+        let check = check_command(&host, &argv, Duration::from_secs(600), &mut shutdown);
+        let flag = g.stop_once_started(check, &stop).await;
+        assert!(
+            matches!(flag, Flag::Unknown(ref m) if m.contains("stopped")),
+            "{flag:?}"
+        );
+        g.assert_gone().await;
     }
 }

@@ -4,7 +4,8 @@
 //! re-read, never overwrite.
 //!
 //! Expiry is judged as client-go does: by how long the observed `renewTime` has stayed unchanged
-//! on this agent's monotonic clock, not by comparing wall clocks across nodes.
+//! on this agent's monotonic clock, not by comparing wall clocks across nodes; the duration is the
+//! holder's declared one, capped by this agent's `--lock-ttl`.
 
 use std::time::Duration;
 
@@ -171,7 +172,7 @@ pub struct Record {
     pub holder: Option<String>,
     /// The last renewal, as written by the holder (compared for change only, never to a clock).
     pub renew_time: Option<String>,
-    /// The holder's declared lease duration.
+    /// The holder's declared lease duration (`None` when absent, zero or negative).
     pub duration: Option<Duration>,
 }
 
@@ -189,8 +190,16 @@ impl Record {
             duration: spec
                 .and_then(|s| s.lease_duration_seconds)
                 .and_then(|s| u64::try_from(s).ok())
+                .filter(|s| *s > 0)
                 .map(Duration::from_secs),
         }
+    }
+
+    /// How long the holder may go without renewing before others may take over: its declared
+    /// duration, but never longer than `local_ttl` (`--lock-ttl`), so a Lease written with a
+    /// huge duration cannot hold everyone up; `local_ttl` when it declared none.
+    pub fn ttl(&self, local_ttl: Duration) -> Duration {
+        self.duration.map_or(local_ttl, |d| d.min(local_ttl))
     }
 }
 
@@ -222,8 +231,8 @@ impl Observer {
         self.last = Some(record);
     }
 
-    /// The Lease as seen by node `me`; `default_ttl` applies when the holder declared none.
-    pub fn view(&self, me: &str, default_ttl: Duration, now: Instant) -> LeaseView {
+    /// The Lease as seen by node `me`; the holder expires after [`Record::ttl`] of `local_ttl`.
+    pub fn view(&self, me: &str, local_ttl: Duration, now: Instant) -> LeaseView {
         let Some(record) = &self.last else {
             return LeaseView::Free;
         };
@@ -232,18 +241,17 @@ impl Observer {
             Some(h) if h == me => LeaseView::Mine,
             Some(h) => LeaseView::Held {
                 holder: h.clone(),
-                expired: now.duration_since(self.changed_at)
-                    > record.duration.unwrap_or(default_ttl),
+                expired: now.duration_since(self.changed_at) > record.ttl(local_ttl),
             },
         }
     }
 
     /// When the current holder's Lease would expire if it stops renewing now (`None` when the
     /// Lease is free or ours).
-    pub fn expires_at(&self, me: &str, default_ttl: Duration) -> Option<Instant> {
+    pub fn expires_at(&self, me: &str, local_ttl: Duration) -> Option<Instant> {
         let record = self.last.as_ref()?;
         match &record.holder {
-            Some(h) if h != me => Some(self.changed_at + record.duration.unwrap_or(default_ttl)),
+            Some(h) if h != me => Some(self.changed_at + record.ttl(local_ttl)),
             _ => None,
         }
     }
@@ -409,7 +417,10 @@ impl LeaseClient {
                         .and_then(|s| s.acquire_time.clone())
                         .filter(|_| already_mine);
                     let mut next = lease.clone();
-                    next.spec = Some(self.spec(acquired, transitions + i32::from(!already_mine)));
+                    // Saturates: a Lease at the maximum count must stay takeable (the API
+                    // refuses a wrapped, negative count).
+                    let transitions = transitions.max(0).saturating_add(i32::from(!already_mine));
+                    next.spec = Some(self.spec(acquired, transitions));
                     next.metadata.owner_references = owners.clone();
                     self.api
                         .replace(&self.name, &PostParams::default(), &next)
@@ -693,8 +704,97 @@ mod tests {
         }
     }
 
+    /// Exact-call tests of the Lease writes.
+    mod writes {
+        use super::*;
+        use http::{Request, Response};
+        use kube::client::Body;
+        use serde_json::json;
+        use tower_test::mock::{self, Handle};
+
+        type Mock = Handle<Request<Body>, Response<Body>>;
+
+        const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/baton-system/leases/baton";
+
+        fn client() -> (LeaseClient, Mock) {
+            let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let api = Api::namespaced(kube::Client::new(service, "default"), "baton-system");
+            (LeaseClient::new(api, "baton", "me", TTL), handle)
+        }
+
+        fn reply(body: &serde_json::Value) -> Response<Body> {
+            Response::builder()
+                .status(200)
+                .body(Body::from(serde_json::to_vec(body).unwrap()))
+                .unwrap()
+        }
+
+        #[tokio::test]
+        async fn a_free_lease_at_the_maximum_transition_count_can_still_be_taken() {
+            let (lease, mut h) = client();
+            let server = async {
+                let (req, send) = h.next_request().await.expect("a GET");
+                assert_eq!((req.method().as_str(), req.uri().path()), ("GET", PATH));
+                send.send_response(reply(&json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "baton", "namespace": "baton-system", "resourceVersion": "5"},
+                    "spec": {"leaseTransitions": i32::MAX, "leaseDurationSeconds": 60}
+                })));
+                let (req, send) = h.next_request().await.expect("a PUT");
+                assert_eq!((req.method().as_str(), req.uri().path()), ("PUT", PATH));
+                let body: serde_json::Value =
+                    serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap())
+                        .unwrap();
+                send.send_response(reply(&body));
+                body
+            };
+            let (taken, sent) = tokio::join!(lease.acquire(None, None), server);
+            assert!(taken.is_ok(), "{taken:?}");
+            assert_eq!(sent["spec"]["holderIdentity"], "me");
+            assert_eq!(
+                sent["spec"]["leaseTransitions"],
+                i32::MAX,
+                "saturated, not wrapped"
+            );
+            assert_eq!(sent["metadata"]["resourceVersion"], "5");
+        }
+    }
+
     #[test]
-    fn holder_declared_duration_wins_over_the_local_default() {
+    fn a_longer_declared_duration_is_capped_by_the_local_ttl() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut o = Observer::new(t0);
+        let mut r = rec(Some("b"), "r1");
+        r.duration = Some(Duration::from_secs(u64::from(i32::MAX.unsigned_abs())));
+        o.observe(Some(&r), t0);
+        assert!(!o.view("a", TTL, at(60)).may_take());
+        assert!(o.view("a", TTL, at(61)).may_take());
+        assert_eq!(o.expires_at("a", TTL), Some(at(60)));
+    }
+
+    #[test]
+    fn zero_or_negative_declared_durations_count_as_undeclared() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        for secs in [0, -5, i32::MIN] {
+            let lease: Lease = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "baton"},
+                "spec": {"holderIdentity": "b", "renewTime": "2026-01-02T03:04:05.000000Z",
+                         "leaseDurationSeconds": secs}
+            }))
+            .unwrap();
+            let r = Record::from_lease(&lease);
+            assert_eq!(r.duration, None, "{secs}");
+            let mut o = Observer::new(t0);
+            o.observe(Some(&r), t0);
+            assert!(!o.view("a", TTL, at(11)).may_take(), "{secs}");
+            assert!(o.view("a", TTL, at(61)).may_take(), "{secs}");
+        }
+    }
+
+    #[test]
+    fn a_shorter_declared_duration_wins_over_the_local_ttl() {
         let t0 = Instant::now();
         let mut o = Observer::new(t0);
         let mut r = rec(Some("b"), "r1");

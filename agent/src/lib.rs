@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod alerts;
+pub mod api;
 pub mod config;
 pub mod drain;
 pub mod flag;
@@ -22,4 +23,5 @@ pub mod privilege;
 pub mod reboot;
 pub mod server;
 pub mod shutdown;
+pub mod text;
 pub mod window;

@@ -58,6 +58,26 @@ pub struct NodeState {
     pub consecutive_reboots: u32,
 }
 
+impl NodeState {
+    /// This state with one more reboot trigger counted. Saturates: the count comes from an
+    /// annotation and may already be at the maximum, and wrapping to 0 would lift the cap.
+    pub fn one_more_attempt(&self) -> NodeState {
+        NodeState {
+            reboot_attempts: self.reboot_attempts.saturating_add(1),
+            ..self.clone()
+        }
+    }
+
+    /// The state once a reboot completed: idle, with one more completed reboot counted for the
+    /// reboot-loop guard (saturating, so a huge count never wraps back to "no loop").
+    pub fn rebooted(&self) -> NodeState {
+        NodeState {
+            consecutive_reboots: self.consecutive_reboots.saturating_add(1),
+            ..NodeState::default()
+        }
+    }
+}
+
 /// Everything the decision depends on.
 #[derive(Debug, Clone)]
 pub struct Observation<'a> {
@@ -657,6 +677,32 @@ mod tests {
                 reason: AbortReason::LeaseLost
             }
         );
+    }
+
+    #[test]
+    fn counters_saturate_so_the_loop_guards_never_reset() {
+        let done = rebooting("boot-0", 1).rebooted();
+        assert_eq!((done.phase, done.consecutive_reboots), (Phase::Idle, 1));
+        let at_max = NodeState {
+            consecutive_reboots: u32::MAX,
+            ..rebooting("boot-0", 1)
+        };
+        let done = at_max.rebooted();
+        assert_eq!(done.consecutive_reboots, u32::MAX);
+        assert_eq!(
+            step(&required(), &done, &LeaseView::Free, BOOT),
+            Step::Wait(Wait::FlagPersists)
+        );
+        let again = rebooting(BOOT, u32::MAX).one_more_attempt();
+        assert_eq!(again.reboot_attempts, u32::MAX);
+        assert_eq!(
+            step(&required(), &again, &LeaseView::Mine, BOOT),
+            Step::Abort {
+                uncordon: true,
+                reason: AbortReason::RebootDidNotHappen
+            }
+        );
+        assert_eq!(rebooting(BOOT, 1).one_more_attempt().reboot_attempts, 2);
     }
 
     #[test]

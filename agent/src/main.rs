@@ -67,7 +67,7 @@ fn drain(args: DrainCommand) -> ExitCode {
     };
     let node = args.node.clone();
     let result: anyhow::Result<baton::drain::Report> = runtime.block_on(async move {
-        let (client, watch_client) = baton::agent::clients(args.api_timeout, "drain").await?;
+        let (client, watch_client) = baton::api::clients(args.api_timeout, "drain").await?;
         let metrics = baton::metrics::Metrics::new()?;
         let options = args.drain.options();
         Ok(

@@ -100,9 +100,13 @@ pub fn format_time(t: SystemTime) -> String {
         .map_or_else(|_| String::new(), |ts| ts.to_string())
 }
 
+/// A count: digits only; more than `u32::MAX` saturates (a count that large already stops
+/// every loop guard, which is what it means; refusing it would leave the node stuck instead).
 fn parse_count(key: &'static str, v: &str) -> Result<u32, AnnotationError> {
-    v.parse()
-        .map_err(|_| bad(key, v, "expected a whole number"))
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(key, v, "expected a whole number"));
+    }
+    Ok(v.parse().unwrap_or(u32::MAX))
 }
 
 /// Reads baton's state from a Node's annotations.
@@ -289,7 +293,7 @@ impl Events {
         }
     }
 
-    /// Publishes one Event; a failure is logged, never fatal.
+    /// Publishes one Event, its note cut to the API's limit; a failure is logged, never fatal.
     pub async fn publish(&self, warning: bool, reason: &str, action: &str, note: String) {
         let ev = Event {
             type_: if warning {
@@ -298,7 +302,8 @@ impl Events {
                 EventType::Normal
             },
             reason: reason.into(),
-            note: Some(note),
+            // Over the API's limit the whole Event would be refused and lost.
+            note: Some(crate::text::truncate(&note, crate::text::EVENT_NOTE_MAX).into_owned()),
             action: action.into(),
             secondary: None,
         };
@@ -369,6 +374,61 @@ mod tests {
             let line = err.to_string();
             assert!(line.contains(key) && !line.contains('\n'), "{line}");
         }
+    }
+
+    #[test]
+    fn counts_beyond_the_maximum_saturate_instead_of_stopping_the_node() {
+        let huge = "99999999999999999999999";
+        let s = read_state(&ann(&[
+            (CONSECUTIVE_REBOOTS, huge),
+            (REBOOT_ATTEMPTS, "4294967296"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (s.consecutive_reboots, s.reboot_attempts),
+            (u32::MAX, u32::MAX)
+        );
+        for bad in ["-1", "1e3", "+", " 7"] {
+            let err = read_state(&ann(&[(REBOOT_ATTEMPTS, bad)])).unwrap_err();
+            assert_eq!(err.key, REBOOT_ATTEMPTS, "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_event_note_is_cut_to_the_api_limit_not_lost() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let node: Node =
+            serde_json::from_value(json!({"metadata": {"name": "n1", "uid": "u"}})).unwrap();
+        let events = Events::new(kube::Client::new(service, "default"), &node);
+        let note = format!("maintenance ({})", "r".repeat(4000));
+        let server = async {
+            let (req, send) = h.next_request().await.expect("a POST");
+            assert_eq!(req.method().as_str(), "POST");
+            assert_eq!(
+                req.uri().path(),
+                "/apis/events.k8s.io/v1/namespaces/default/events"
+            );
+            let body = req.into_body().collect_bytes().await.unwrap();
+            send.send_response(
+                Response::builder()
+                    .status(201)
+                    .body(Body::from(body.clone()))
+                    .unwrap(),
+            );
+            serde_json::from_slice::<Value>(&body).unwrap()
+        };
+        let ((), sent) = tokio::join!(
+            events.publish(false, "MaintenanceStarted", "Cordon", note),
+            server
+        );
+        let sent = sent["note"].as_str().unwrap();
+        assert!(sent.len() <= 1024, "{} bytes", sent.len());
+        assert!(
+            sent.starts_with("maintenance (rrr") && sent.ends_with('…'),
+            "{sent}"
+        );
     }
 
     #[test]

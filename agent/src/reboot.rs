@@ -5,7 +5,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::config::RebootMethod;
-use crate::host::Host;
+use crate::host::{self, Ended, Host};
+use crate::shutdown::Shutdown;
 
 /// A reboot that could not be triggered.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +22,7 @@ pub enum RebootError {
         #[source]
         source: std::io::Error,
     },
-    /// The command could not be started or did not finish in time.
+    /// The command could not be started.
     #[error("reboot command `{command}` failed to run")]
     Spawn {
         /// The command line.
@@ -29,6 +30,14 @@ pub enum RebootError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The command did not finish in time (its process group was killed).
+    #[error("reboot command `{command}` did not finish within {}", crate::node::human(*timeout))]
+    Timeout {
+        /// The command line.
+        command: String,
+        /// How long it had.
+        timeout: Duration,
     },
     /// The command ran and failed.
     #[error("reboot command `{command}` exited with {status}")]
@@ -51,14 +60,18 @@ pub enum Triggered {
     Requested,
     /// Dry run: nothing was done.
     DryRun,
+    /// A stop was requested while the reboot command ran; its process group was killed.
+    Stopped,
 }
 
-/// Triggers the reboot with `method`.
+/// Triggers the reboot with `method`. The reboot command runs in its own process group, killed
+/// as a whole on timeout or when `shutdown` asks to stop.
 pub async fn trigger(
     method: RebootMethod,
     host: Host,
     command: &[String],
     signal: i32,
+    shutdown: &mut Shutdown,
 ) -> Result<Triggered, RebootError> {
     match method {
         RebootMethod::None => {
@@ -86,11 +99,20 @@ pub async fn trigger(
                 source,
             };
             let mut cmd = host.command(command).map_err(spawn_err)?;
-            cmd.stdin(Stdio::null()).kill_on_drop(true);
-            let status = tokio::time::timeout(COMMAND_TIMEOUT, cmd.status())
+            cmd.stdin(Stdio::null());
+            let status = match host::run(cmd, COMMAND_TIMEOUT, shutdown)
                 .await
-                .map_err(|_| spawn_err(std::io::Error::other("timed out")))?
-                .map_err(spawn_err)?;
+                .map_err(spawn_err)?
+            {
+                Ended::Exited(status) => status,
+                Ended::Stopped => return Ok(Triggered::Stopped),
+                Ended::TimedOut => {
+                    return Err(RebootError::Timeout {
+                        command: shown,
+                        timeout: COMMAND_TIMEOUT,
+                    });
+                }
+            };
             if status.success() {
                 Ok(Triggered::Requested)
             } else {
@@ -100,5 +122,45 @@ pub async fn trigger(
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::testing::{self, Grandchild};
+
+    #[tokio::test]
+    async fn a_stop_request_ends_a_hanging_reboot_command_and_all_it_started() {
+        let g = Grandchild::new();
+        let (stop, mut shutdown) = crate::shutdown::channel();
+        let argv = g.waiting();
+        let reboot = trigger(
+            RebootMethod::Command,
+            testing::host(),
+            &argv,
+            39,
+            &mut shutdown,
+        );
+        let triggered = g.stop_once_started(reboot, &stop).await;
+        assert!(matches!(triggered, Ok(Triggered::Stopped)), "{triggered:?}");
+        g.assert_gone().await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_reboot_command_is_an_error_naming_it() {
+        let (_stop, mut shutdown) = crate::shutdown::channel();
+        let argv = testing::sh("exit 4");
+        let err = trigger(
+            RebootMethod::Command,
+            testing::host(),
+            &argv,
+            39,
+            &mut shutdown,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, RebootError::Exit { .. }), "{err:?}");
+        assert!(err.to_string().contains("exit 4"), "{err}");
     }
 }

@@ -25,10 +25,16 @@ impl Shutdown {
     }
 }
 
+/// A stop switch: sending `true` requests the stop that the [`Shutdown`] handles see.
+pub fn channel() -> (watch::Sender<bool>, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (tx, Shutdown(rx))
+}
+
 /// Installs the handlers. Returns the handle and the task that listens for signals.
 pub fn install() -> std::io::Result<(Shutdown, impl Future<Output = ()> + Send + 'static)> {
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
-    let (tx, rx) = watch::channel(false);
+    let (tx, shutdown) = channel();
     let task = async move {
         let mut seen = 0;
         while let Some(sig) = signals.next().await {
@@ -42,5 +48,5 @@ pub fn install() -> std::io::Result<(Shutdown, impl Future<Output = ()> + Send +
             }
         }
     };
-    Ok((Shutdown(rx), task))
+    Ok((shutdown, task))
 }
