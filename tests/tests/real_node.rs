@@ -10,10 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use baton_tests::observe::{Change, Recorder};
 use baton_tests::real_node::inspect::{privileges, processes_in, reach_as};
 use baton_tests::real_node::install::{self, NAMESPACE, Variant};
-use baton_tests::real_node::{Images, REAL_NODE_LABEL, RealNode, boot_id_of, web};
+use baton_tests::real_node::{Images, REAL_NODE_LABEL, RealNode, web};
 use baton_tests::{Cluster, fixtures, wait_for};
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ListParams};
 
@@ -169,51 +168,6 @@ async fn every_variant_and_the_chart_run_on_real_nodes_with_least_privilege() {
 /// few seconds), a reboot of seconds, the agent's restart; slow machines take several times more.
 const CYCLE: Duration = Duration::from_secs(240);
 
-/// Waits for the web pods to be Ready (as many as `replicas`).
-async fn web_ready(client: &Client, ns: &str, replicas: usize) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    wait_for("the web pods to be Ready", READY, || {
-        let pods = pods.clone();
-        async move {
-            let items = pods
-                .list(&ListParams::default().labels("app=web"))
-                .await?
-                .items;
-            let ready = items.iter().filter(|p| fixtures::pod_is_ready(p)).count();
-            Ok((ready == replicas).then_some(()))
-        }
-    })
-    .await
-    .unwrap();
-}
-
-/// Whether `node` has finished its cycle: idle, schedulable, the Lease free, and kubelet
-/// reporting the boot ID of its latest boot.
-async fn finished(client: &Client, node: &RealNode) -> anyhow::Result<bool> {
-    let n = Api::<Node>::all(client.clone()).get(&node.name).await?;
-    let ann = n.metadata.annotations.clone().unwrap_or_default();
-    let lease = Api::<Lease>::namespaced(client.clone(), NAMESPACE)
-        .get_opt("baton")
-        .await?;
-    let holder = lease
-        .and_then(|l| l.spec?.holder_identity)
-        .filter(|h| !h.is_empty());
-    let latest = node
-        .boots()
-        .last()
-        .map(|(id, _)| id.clone())
-        .unwrap_or_default();
-    Ok(node.boots().len() >= 2
-        && !ann.contains_key("baton.dev/phase")
-        && !n
-            .spec
-            .as_ref()
-            .and_then(|s| s.unschedulable)
-            .unwrap_or(false)
-        && holder.is_none()
-        && boot_id_of(&n) == latest)
-}
-
 /// The first time (wall clock) the recorder saw `what`.
 fn first_seen(rec: &Recorder, what: &Change) -> Option<SystemTime> {
     rec.with(|r| r.log.iter().find(|s| s.what == *what).map(|s| s.wall))
@@ -236,7 +190,7 @@ async fn one_cycle(variant: Variant, prefix: &str) {
     cluster.namespace(&client, ns).await.unwrap();
     let records = cluster.dir().join("web-records");
     web::create(&client, ns, 1, 0, &records).await.unwrap();
-    web_ready(&client, ns, 1).await;
+    web::wait_ready(&client, ns, 1).await.unwrap();
     // The maintenance flag, where unattended-upgrades leaves it.
     let sentinel = node.host_path("/run/reboot-required");
     std::fs::write(&sentinel, "").unwrap();
@@ -250,7 +204,7 @@ async fn one_cycle(variant: Variant, prefix: &str) {
     install::apply(&cluster, &yaml).unwrap();
 
     let done = wait_for("the node to reboot and finish its cycle", CYCLE, || async {
-        Ok(finished(&client, node).await?.then_some(()))
+        Ok(node.cycle_finished(&client, NAMESPACE).await?.then_some(()))
     })
     .await;
     if let Err(e) = done {
@@ -335,7 +289,7 @@ async fn seed_scenario_on_real_containers_loses_no_request() {
     cluster.namespace(&client, ns).await.unwrap();
     let records = cluster.dir().join("web-records");
     web::create(&client, ns, 2, 1, &records).await.unwrap();
-    web_ready(&client, ns, 2).await;
+    web::wait_ready(&client, ns, 2).await.unwrap();
     let netns = nodes.iter().map(|n| (n.name.clone(), n.netns())).collect();
     let traffic = web::Traffic::start(&client, ns, netns).await.unwrap();
     wait_for("the client's first answers", READY, || async {
@@ -358,7 +312,7 @@ async fn seed_scenario_on_real_containers_loses_no_request() {
     install::apply(&cluster, &yaml).unwrap();
     let done = wait_for("every node to reboot and finish", CYCLE * 2, || async {
         for n in &nodes {
-            if !finished(&client, n).await? {
+            if !n.cycle_finished(&client, NAMESPACE).await? {
                 return Ok(None);
             }
         }

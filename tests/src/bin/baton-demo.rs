@@ -2,7 +2,12 @@
 //! Service, a PodDisruptionBudget), every node flagged for a reboot, and one real baton agent
 //! per node. Prints a live timeline and a summary; exits 0 only if the rollout was clean.
 //!
-//! `cargo run -p baton-tests --bin baton-demo -- --nodes 3` (tests/demo.sh builds what it needs).
+//! With `--real-nodes`, the same scenario runs on real nodes (containerd + kubelet, rebooting
+//! for real) with baton installed from `manifests/` as shipped, real web containers, and a client
+//! sending requests to the Service's ready endpoints throughout; the summary counts them.
+//!
+//! `cargo run -p baton-tests --bin baton-demo -- --nodes 3 [--real-nodes]` (tests/demo.sh
+//! builds what it needs).
 
 use std::time::Duration;
 
@@ -18,25 +23,78 @@ use tokio::time::Instant;
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
 const NS: &str = "demo";
 
-fn parse_nodes() -> Result<usize> {
+/// The demo's arguments: how many nodes, and whether they are real.
+fn parse_args() -> Result<(usize, bool)> {
     let mut args = std::env::args().skip(1);
-    let mut nodes = 3;
+    let mut nodes = None;
+    let mut real = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--nodes" => {
-                nodes = args
-                    .next()
-                    .context("--nodes needs a number")?
-                    .parse()
-                    .context("--nodes: expected a whole number")?;
+                nodes = Some(
+                    args.next()
+                        .context("--nodes needs a number")?
+                        .parse()
+                        .context("--nodes: expected a whole number")?,
+                );
             }
-            other => bail!("unknown argument {other:?} (usage: baton-demo [--nodes N])"),
+            "--real-nodes" => real = true,
+            other => {
+                bail!("unknown argument {other:?} (usage: baton-demo [--nodes N] [--real-nodes])")
+            }
         }
     }
-    if !(2..=20).contains(&nodes) {
-        bail!("--nodes must be between 2 and 20 (the seed's 2 nginx pods need 2 nodes)");
+    // Real nodes are real processes (kubelet, containerd, shims): a few fit on two cores.
+    let (default, max) = if real { (2, 4) } else { (3, 20) };
+    let nodes = nodes.unwrap_or(default);
+    if !(2..=max).contains(&nodes) {
+        bail!("--nodes must be between 2 and {max} (the seed's 2 web pods need 2 nodes)");
     }
-    Ok(nodes)
+    Ok((nodes, real))
+}
+
+/// Prints what the recorder sees every 100 ms, and everything left once told to stop.
+fn print_timeline(
+    rec: &Recorder,
+    t0: Instant,
+    service: &'static str,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let rec = rec.clone();
+    let task = tokio::spawn(async move {
+        let mut seen = 0;
+        let mut last = false;
+        loop {
+            for s in rec.since(seen) {
+                seen += 1;
+                let at = format!("[{:>7.2}s]", s.at.duration_since(t0).as_secs_f64());
+                let line = match s.what {
+                    Change::Holder(Some(h)) => format!("baton (Lease) taken by {h}"),
+                    Change::Holder(None) => "baton (Lease) released".to_owned(),
+                    Change::Phase(n, Some(p)) => format!("{n}: phase {p}"),
+                    Change::Phase(n, None) => format!("{n}: phase idle"),
+                    Change::Cordon(n, true) => format!("{n}: cordoned"),
+                    Change::Cordon(n, false) => format!("{n}: uncordoned"),
+                    Change::Ready(n, r) => {
+                        format!("{n}: {}", if r { "Ready" } else { "NotReady" })
+                    }
+                    Change::Endpoints(e) => format!("service {service}: {e} ready endpoint(s)"),
+                };
+                println!("{at} {line}");
+            }
+            if last {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = &mut stopped => last = true,
+            }
+        }
+    });
+    (stop, task)
 }
 
 fn secs(d: Duration) -> String {
@@ -45,7 +103,10 @@ fn secs(d: Duration) -> String {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let count = parse_nodes()?;
+    let (count, real) = parse_args()?;
+    if real {
+        return real_nodes(count).await;
+    }
     let t0 = Instant::now();
     let stamp = move || format!("[{:>7.2}s]", t0.elapsed().as_secs_f64());
     println!(
@@ -71,41 +132,7 @@ async fn main() -> Result<()> {
     rec.nodes(&client, &format!("baton.test/group={NS}"));
     rec.lease(&client, NS, "baton");
     rec.endpoints(&client, NS, "nginx");
-    // Prints what the recorder saw every 100 ms, and everything left once told to stop.
-    let (stop_printer, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let printer = {
-        let rec = rec.clone();
-        tokio::spawn(async move {
-            let mut seen = 0;
-            let mut last = false;
-            loop {
-                for s in rec.since(seen) {
-                    seen += 1;
-                    let at = format!("[{:>7.2}s]", s.at.duration_since(t0).as_secs_f64());
-                    let line = match s.what {
-                        Change::Holder(Some(h)) => format!("baton (Lease) taken by {h}"),
-                        Change::Holder(None) => "baton (Lease) released".to_owned(),
-                        Change::Phase(n, Some(p)) => format!("{n}: phase {p}"),
-                        Change::Phase(n, None) => format!("{n}: phase idle"),
-                        Change::Cordon(n, true) => format!("{n}: cordoned"),
-                        Change::Cordon(n, false) => format!("{n}: uncordoned"),
-                        Change::Ready(n, r) => {
-                            format!("{n}: {}", if r { "Ready" } else { "NotReady" })
-                        }
-                        Change::Endpoints(e) => format!("service nginx: {e} ready endpoint(s)"),
-                    };
-                    println!("{at} {line}");
-                }
-                if last {
-                    return;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = &mut stopped => last = true,
-                }
-            }
-        })
-    };
+    let (stop_printer, printer) = print_timeline(&rec, t0, "nginx");
 
     let mut nodes: Vec<SimNode> = names
         .iter()
@@ -181,6 +208,154 @@ async fn main() -> Result<()> {
         && driven.fencing_violations.is_empty()
         && min_ep.is_some_and(|m| m >= 1)
         && max_cycle <= 1;
+    println!(
+        "result:                  {}",
+        if clean { "CLEAN" } else { "NOT CLEAN" }
+    );
+    drop(nodes);
+    drop(cluster);
+    if !clean {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The seed scenario on `count` real nodes, baton installed from `manifests/` as shipped.
+async fn real_nodes(count: usize) -> Result<()> {
+    use baton_tests::real_node::install::{self, NAMESPACE, Variant};
+    use baton_tests::real_node::{Images, REAL_NODE_LABEL, RealNode, web};
+
+    let t0 = Instant::now();
+    let stamp = move || format!("[{:>7.2}s]", t0.elapsed().as_secs_f64());
+    let images = Images::from_env()?;
+    println!(
+        "{} starting a local control plane (etcd, kube-apiserver, controller-manager, scheduler)",
+        stamp()
+    );
+    let cluster = Cluster::start().await?;
+    let client = cluster.client().await?;
+    let mut nodes = Vec::new();
+    for i in 1..=count {
+        let name = format!("node-{i}");
+        let index = u8::try_from(i).context("node index")?;
+        nodes.push(RealNode::start(&cluster, &client, &name, index, &images).await?);
+        println!(
+            "{} {name}: real node Ready (containerd + kubelet, its own PID, mount and network namespaces)",
+            stamp()
+        );
+    }
+    cluster.namespace(&client, NS).await?;
+    let records = cluster.dir().join("web-records");
+    web::create(&client, NS, 2, 1, &records).await?;
+    web::wait_ready(&client, NS, 2).await?;
+    println!(
+        "{} web: 2 busybox httpd pods Ready, a Service, PDB minAvailable=1",
+        stamp()
+    );
+    let netns = nodes.iter().map(|n| (n.name.clone(), n.netns())).collect();
+    let traffic = web::Traffic::start(&client, NS, netns).await?;
+    println!(
+        "{} a client sends requests to the Service's ready endpoints without pause",
+        stamp()
+    );
+
+    let rec = Recorder::new();
+    rec.nodes(
+        &client,
+        &format!("{}={}", REAL_NODE_LABEL.0, REAL_NODE_LABEL.1),
+    );
+    rec.lease(&client, NAMESPACE, "baton");
+    rec.endpoints(&client, NS, web::NAME);
+    let (stop_printer, printer) = print_timeline(&rec, t0, web::NAME);
+    for n in &nodes {
+        std::fs::write(n.host_path("/run/reboot-required"), "")?;
+    }
+    println!(
+        "{} flagged every node (/run/reboot-required on each host)",
+        stamp()
+    );
+    let rollout_start = Instant::now();
+    install::apply(&cluster, &install::render(&cluster, Variant::Command)?)?;
+    println!(
+        "{} installed baton from manifests/ (its image, its DaemonSet, its RBAC)",
+        stamp()
+    );
+    let finished = wait_for(
+        "every node to reboot and finish",
+        ROLLOUT_TIMEOUT,
+        || async {
+            for n in &nodes {
+                if !n.cycle_finished(&client, NAMESPACE).await? {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await;
+    let total = rollout_start.elapsed();
+    let stats = traffic.stop().await;
+    wait_for(
+        "the watches to see the rollout end",
+        Duration::from_secs(10),
+        || async { Ok(rec.settled().then_some(())) },
+    )
+    .await
+    .ok();
+    rec.stop();
+    let _ = stop_printer.send(());
+    printer.await?;
+    finished?;
+
+    let handoffs = rec.handoffs();
+    let (min_ep, max_cycle) = rec.with(|r| (r.min_ready_endpoints, r.max_in_cycle));
+    let rebooted: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.boots().len() == 2)
+        .map(|n| n.name.clone())
+        .collect();
+    let graceful = web::records(&records)
+        .values()
+        .filter(|ev| ev.iter().any(|(e, _)| e == "term"))
+        .map(|ev| web::stopped_gracefully(ev))
+        .fold((0, 0), |(ok, all), g| (ok + usize::from(g), all + 1));
+    println!();
+    println!("=== summary (real nodes)");
+    println!(
+        "nodes rebooted:          {} of {count} ({})",
+        rebooted.len(),
+        rebooted.join(", ")
+    );
+    println!("rollout time:            {}", secs(total));
+    if let Some((p50, max)) = p50_max(handoffs.clone()) {
+        println!(
+            "lock hand-off latency:   p50 {}, max {} over {} hand-offs",
+            secs(p50),
+            secs(max),
+            handoffs.len()
+        );
+    }
+    println!(
+        "min ready endpoints:     {}",
+        min_ep.map_or("n/a".to_owned(), |m| m.to_string())
+    );
+    println!("max nodes in a cycle:    {max_cycle}");
+    println!(
+        "evicted pods stopped gracefully (preStop, SIGTERM, shutdown done): {} of {}",
+        graceful.0, graceful.1
+    );
+    println!(
+        "client requests:         {} sent, {} answered, {} failed",
+        stats.sent, stats.ok, stats.failed
+    );
+    for e in &stats.errors {
+        println!("  failure: {e}");
+    }
+    let clean = rebooted.len() == count
+        && stats.failed == 0
+        && min_ep.is_some_and(|m| m >= 1)
+        && max_cycle <= 1
+        && graceful.0 == graceful.1;
     println!(
         "result:                  {}",
         if clean { "CLEAN" } else { "NOT CLEAN" }

@@ -20,6 +20,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::api::Api;
@@ -325,6 +326,32 @@ impl RealNode {
             }
         }
         out
+    }
+
+    /// Whether this node has finished a maintenance cycle: rebooted at least once, idle (no
+    /// `baton.dev/phase`), schedulable, kubelet reporting the latest boot's ID, and no Lease in
+    /// `lease_namespace` held by it.
+    pub async fn cycle_finished(&self, client: &Client, lease_namespace: &str) -> Result<bool> {
+        let n = Api::<Node>::all(client.clone()).get(&self.name).await?;
+        let phase = n
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("baton.dev/phase"));
+        let cordoned = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
+        let leases = Api::<Lease>::namespaced(client.clone(), lease_namespace)
+            .list(&Default::default())
+            .await?;
+        let holds = leases.items.iter().any(|l| {
+            l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.name.as_str())
+        });
+        let boots = self.boots();
+        let latest = boots.last().map(|(id, _)| id.as_str()).unwrap_or_default();
+        Ok(boots.len() >= 2 && !phase && !cordoned && !holds && boot_id_of(&n) == latest)
     }
 
     fn dead(&self) -> Option<String> {

@@ -12,11 +12,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -114,6 +114,29 @@ log exited"#
         .await?;
     Ok(())
 }
+
+/// Waits until `replicas` web pods are Ready in `ns`.
+pub async fn wait_ready(client: &Client, ns: &str, replicas: usize) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    crate::wait_for("the web pods to be Ready", READY_TIMEOUT, || {
+        let pods = pods.clone();
+        async move {
+            let items = pods
+                .list(&ListParams::default().labels(&format!("app={NAME}")))
+                .await?
+                .items;
+            let ready = items
+                .iter()
+                .filter(|p| crate::fixtures::pod_is_ready(p))
+                .count();
+            Ok((ready == replicas).then_some(()))
+        }
+    })
+    .await
+}
+
+/// How long the web pods may take to start and pass their probe on fresh nodes.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What one pod recorded: `(event, unix second)` in order (`start`, `prestop`, `term`, `done`).
 pub fn records(dir: &Path) -> BTreeMap<String, Vec<(String, u64)>> {
