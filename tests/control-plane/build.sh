@@ -46,6 +46,12 @@ complete() {
   [[ -s $assets/kwok-stages.yaml ]]
 }
 
+missing() { # missing FILE...: whether any of the files is not there yet
+  local f
+  for f; do [[ -e $f ]] || return 0; done
+  return 1
+}
+
 timed() { # timed NAME CMD...: run CMD with its output in the log, print the time taken
   local name=$1 start=$SECONDS
   shift
@@ -169,22 +175,22 @@ rm -rf "$assets.tmp" && mkdir -p "$assets.tmp"
 link() { ln -sf "$1" "$assets.tmp/$(basename "$1")"; }
 
 if [[ -n $(override_for etcd) ]]; then link "$(override_for etcd)"; say "etcd: using $(override_for etcd)"
-else timed "etcd $ETCD_VERSION" build_etcd; link "$etcd_dir/etcd"; fi
+else missing "$etcd_dir/etcd" && timed "etcd $ETCD_VERSION" build_etcd; link "$etcd_dir/etcd"; fi
 
 need_k8s=0
 for b in "${k8s_bins[@]}"; do [[ -n $(override_for "$b") ]] || need_k8s=1; done
-((need_k8s)) && timed "kubernetes $KUBERNETES_VERSION" build_kubernetes
+((need_k8s)) && missing "${k8s_bins[@]/#/$k8s_dir/}" && timed "kubernetes $KUBERNETES_VERSION" build_kubernetes
 for b in "${k8s_bins[@]}"; do
   if [[ -n $(override_for "$b") ]]; then link "$(override_for "$b")"; say "$b: using $(override_for "$b")"
   else link "$k8s_dir/$b"; fi
 done
 
 if [[ -n $(override_for kwok) ]]; then link "$(override_for kwok)"; say "kwok: using $(override_for kwok)"
-else timed "kwok $KWOK_VERSION" build_kwok; link "$kwok_dir/kwok"; fi
-timed "kwok $KWOK_VERSION stages" build_kwok_stages
+else missing "$kwok_dir/kwok" && timed "kwok $KWOK_VERSION" build_kwok; link "$kwok_dir/kwok"; fi
+missing "$kwok_dir/kwok-stages.yaml" && timed "kwok $KWOK_VERSION stages" build_kwok_stages
 
 if [[ -n $(override_for helm) ]]; then link "$(override_for helm)"; say "helm: using $(override_for helm)"
-else timed "helm $HELM_VERSION" build_helm; link "$helm_dir/helm"; fi
+else missing "$helm_dir/helm" && timed "helm $HELM_VERSION" build_helm; link "$helm_dir/helm"; fi
 link "$kwok_dir/kwok-stages.yaml"
 
 for b in "${all_bins[@]}"; do
