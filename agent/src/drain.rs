@@ -75,8 +75,8 @@ pub struct PodInfo {
     pub uid: String,
     /// Labels.
     pub labels: BTreeMap<String, String>,
-    /// The controller's kind and name.
-    pub controller: Option<(String, String)>,
+    /// The controller, as the pod's controller ownerReference names it.
+    pub controller: Option<Controller>,
     /// A mirror of a static pod.
     pub mirror: bool,
     /// Succeeded or Failed.
@@ -85,6 +85,17 @@ pub struct PodInfo {
     pub emptydir: bool,
     /// When deletion was requested.
     pub deleting_since: Option<SystemTime>,
+}
+
+/// A pod's controller: the ownerReference with `controller: true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controller {
+    /// Its `apiVersion` (e.g. `apps/v1`).
+    pub api_version: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
 }
 
 /// The annotation that marks a mirror (static) pod.
@@ -105,7 +116,11 @@ impl PodInfo {
                 .iter()
                 .flatten()
                 .find(|o| o.controller == Some(true))
-                .map(|o| (o.kind.clone(), o.name.clone())),
+                .map(|o| Controller {
+                    api_version: o.api_version.clone(),
+                    kind: o.kind.clone(),
+                    name: o.name.clone(),
+                }),
             mirror: m
                 .annotations
                 .as_ref()
@@ -123,10 +138,17 @@ impl PodInfo {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// The DaemonSet that owns the pod, if one does.
+    /// The `apps/v1` DaemonSet that controls the pod, if one does. A DaemonSet of another API
+    /// (e.g. OpenKruise's `apps.kruise.io` Advanced DaemonSet) does not count: to kubectl drain
+    /// (`isControllerRefDaemonSet`) its pods are ordinary managed pods, evicted like the rest.
     pub fn daemonset(&self) -> Option<&str> {
         match &self.controller {
-            Some((kind, name)) if kind == "DaemonSet" => Some(name),
+            Some(c)
+                if c.kind == <DaemonSet as k8s_openapi::Resource>::KIND
+                    && c.api_version == <DaemonSet as k8s_openapi::Resource>::API_VERSION =>
+            {
+                Some(&c.name)
+            }
             _ => None,
         }
     }
@@ -1196,7 +1218,11 @@ mod tests {
     }
 
     fn owned(kind: &str) -> serde_json::Value {
-        json!([{"apiVersion": "apps/v1", "kind": kind, "name": "x", "uid": "u", "controller": true}])
+        owned_by("apps/v1", kind)
+    }
+
+    fn owned_by(api_version: &str, kind: &str) -> serde_json::Value {
+        json!([{"apiVersion": api_version, "kind": kind, "name": "x", "uid": "u", "controller": true}])
     }
 
     const NOW: Duration = Duration::from_secs(1_800_000_000);
@@ -1239,6 +1265,9 @@ mod tests {
             "status": {"phase": "Succeeded"}}));
         let ds_ref = pod(json!({"metadata": {"name": "ds-ref", "ownerReferences": [{
             "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "x", "uid": "u"}]}}));
+        // OpenKruise's Advanced DaemonSet: kubectl's DaemonSet rules are for apps/v1 only.
+        let kruise = pod(json!({"metadata": {"name": "kruise",
+            "ownerReferences": owned_by("apps.kruise.io/v1alpha1", "DaemonSet")}}));
 
         let cases: Vec<(&PodInfo, bool, &Options, Result<Disposition, Refusal>)> = vec![
             (&rs, false, &o, Ok(Disposition::Evict)),
@@ -1257,6 +1286,9 @@ mod tests {
             (&done_scratch, false, &o, Ok(Disposition::Delete)),
             // A DaemonSet owner that is not the controller does not make a DaemonSet pod.
             (&ds_ref, false, &o, Err(Refusal::Unmanaged)),
+            // Nor does a DaemonSet of another API: an ordinary managed pod, evicted.
+            (&kruise, false, &o, Ok(Disposition::Evict)),
+            (&kruise, false, &strict_ds, Ok(Disposition::Evict)),
         ];
         for (p, exists, o, want) in cases {
             assert_eq!(decide_now(p, exists, o), want, "{}", p.name);
@@ -1313,16 +1345,21 @@ mod tests {
                 json!({"metadata": {"namespace": "c", "name": "scratch", "ownerReferences": owned("ReplicaSet")},
                 "spec": {"containers": [], "volumes": [{"name": "t", "emptyDir": {}}]}}),
             ),
+            pod(json!({"metadata": {"namespace": "d", "name": "kruise",
+                "ownerReferences": owned_by("apps.kruise.io/v1alpha1", "DaemonSet")}})),
         ];
+        // Every apps/v1 DaemonSet exists; the Kruise pod is not looked up, and is evicted.
         let p = plan(&pods, |_, _| true, &opts(), SystemTime::UNIX_EPOCH + NOW);
         let why = p.refusal().unwrap();
         assert!(why.contains("a/bare") && why.contains("--force"), "{why}");
+        assert!(!why.contains("d/kruise"), "{why}");
         assert!(
             why.contains("c/scratch") && why.contains("--delete-emptydir-data"),
             "{why}"
         );
         assert!(!why.contains("b/rs"), "{why}");
-        assert_eq!(p.targets().count(), 1);
+        assert_eq!(p.targets().count(), 2);
+        assert!(pods[3].daemonset().is_none());
     }
 
     #[test]

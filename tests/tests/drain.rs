@@ -117,6 +117,24 @@ fn names(pods: &[Pod]) -> Vec<String> {
     v
 }
 
+/// The eviction requests for pod `name` in the audit log, in order: (response code, when the
+/// API server received the request).
+fn evictions(cluster: &Cluster, name: &str) -> anyhow::Result<Vec<(i64, jiff::Timestamp)>> {
+    let audit = std::fs::read_to_string(cluster.audit_log())?;
+    // Only the lines that can match are parsed: the log holds every request of the cluster.
+    Ok(audit
+        .lines()
+        .filter(|l| l.contains(name) && l.contains("\"eviction\""))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["objectRef"]["subresource"] == "eviction" && v["objectRef"]["name"] == name)
+        .filter_map(|v| {
+            let code = v["responseStatus"]["code"].as_i64()?;
+            let at = v["requestReceivedTimestamp"].as_str()?.parse().ok()?;
+            Some((code, at))
+        })
+        .collect())
+}
+
 async fn unschedulable(client: &Client, node: &str) -> bool {
     Api::<Node>::all(client.clone())
         .get(node)
@@ -197,6 +215,34 @@ async fn orphaned_daemonset_pods_need_force_like_kubectl() {
     assert!(text(&refused).contains("--force"), "{}", text(&refused));
     let out = drain(cluster, &node, &["--force"]).await;
     assert!(out.status.success(), "{}", text(&out));
+    assert!(pods_on(&client, ns, &node).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_pod_of_a_daemonset_that_is_not_apps_v1_is_evicted_like_kubectl() {
+    let cluster = shared_audited();
+    let ns = "drain-kruise";
+    let client = setup(cluster, ns).await;
+    let node = format!("{ns}-1");
+    // Controlled by an OpenKruise Advanced DaemonSet: kubectl's DaemonSet rules are for apps/v1
+    // DaemonSets only, so to kubectl this is an ordinary managed pod. The owner need not exist
+    // (nor its API): a controller reference is all that makes a pod managed.
+    let mut pod = bare_pod("advanced", &node);
+    pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps.kruise.io/v1alpha1",
+        "kind": "DaemonSet", "name": "advanced", "uid": "6f1c0a52-9d1e-4f7a-8c43-1b2f0e6a7d55",
+        "controller": true}]);
+    create::<Pod>(&client, ns, pod).await;
+    fixtures::wait_ready_pods(&client, ns, "app=advanced", 1)
+        .await
+        .unwrap();
+    let out = drain(cluster, &node, &["--drain-timeout=30s"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 evicted"), "{}", text(&out));
+    assert_eq!(
+        evictions(cluster, "advanced").unwrap().last().map(|e| e.0),
+        Some(201),
+        "evicted, not deleted"
+    );
     assert!(pods_on(&client, ns, &node).await.is_empty());
 }
 
