@@ -135,6 +135,24 @@ fn evictions(cluster: &Cluster, name: &str) -> anyhow::Result<Vec<(i64, jiff::Ti
         .collect())
 }
 
+/// Waits until the audit log shows the `n`th eviction request for pod `name` answered `code`;
+/// returns when the API server received it.
+async fn wait_eviction(cluster: &Cluster, name: &str, code: i64, n: usize) -> jiff::Timestamp {
+    wait_for(
+        &format!("eviction #{n} of {name} answered {code}"),
+        TIMEOUT,
+        || async {
+            let seen: Vec<_> = evictions(cluster, name)?
+                .into_iter()
+                .filter(|(c, _)| *c == code)
+                .collect();
+            Ok(seen.get(n.saturating_sub(1)).map(|(_, at)| *at))
+        },
+    )
+    .await
+    .unwrap()
+}
+
 async fn unschedulable(client: &Client, node: &str) -> bool {
     Api::<Node>::all(client.clone())
         .get(node)
@@ -470,32 +488,70 @@ async fn pods_terminating_for_too_long_are_not_waited_for() {
 }
 
 #[tokio::test]
-async fn a_pod_under_two_pdbs_fails_the_drain_naming_both() {
+async fn a_pod_under_two_pdbs_fails_alone_and_the_others_are_still_evicted() {
     let cluster = shared_audited();
     let ns = "drain-twopdb";
     let client = setup(cluster, ns).await;
     let node = format!("{ns}-1");
+    let budget = |name: &str, app: &str, max_unavailable: i32| {
+        json!({"metadata": {"name": name}, "spec": {"maxUnavailable": max_unavailable,
+            "selector": {"matchLabels": {"app": app}}}})
+    };
+    // "w" is covered by two budgets, which the Eviction API refuses for good; "free" has no
+    // budget; "held" is refused by its budget until the test relaxes it, after w has failed.
     create::<Deployment>(&client, ns, deployment("w", ns, 1, json!({}))).await;
+    create::<Deployment>(&client, ns, deployment("free", ns, 2, json!({}))).await;
+    create::<Deployment>(&client, ns, deployment("held", ns, 1, json!({}))).await;
     for name in ["budget-one", "budget-two"] {
-        create::<PodDisruptionBudget>(
-            &client,
-            ns,
-            json!({"metadata": {"name": name},
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "w"}}}}),
-        )
-        .await;
+        create::<PodDisruptionBudget>(&client, ns, budget(name, "w", 1)).await;
     }
-    fixtures::wait_ready_pods(&client, ns, "app=w", 1)
-        .await
-        .unwrap();
+    create::<PodDisruptionBudget>(&client, ns, budget("held", "held", 0)).await;
+    let mut on_node = Vec::new();
+    for (app, n) in [("w", 1), ("free", 2), ("held", 1)] {
+        on_node.extend(
+            fixtures::wait_ready_pods(&client, ns, &format!("app={app}"), n)
+                .await
+                .unwrap(),
+        );
+    }
     ready(&client, ns).await;
-    let out = drain(cluster, &node, &["--drain-timeout=30s"]).await;
-    assert!(!out.status.success());
+    let w = names(&on_node)
+        .into_iter()
+        .find(|n| n.starts_with("w-"))
+        .unwrap();
+    let held = names(&on_node)
+        .into_iter()
+        .find(|n| n.starts_with("held-"))
+        .unwrap();
+    let running = drain(cluster, &node, &["--drain-timeout=60s"]);
+    let choreography = async {
+        // Once w has failed (500), let "held" go: the drain must still be evicting it.
+        wait_eviction(cluster, &w, 500, 1).await;
+        wait_eviction(cluster, &held, 429, 1).await;
+        fixtures::patch_pdb(&client, ns, "held", json!({"maxUnavailable": 1}))
+            .await
+            .unwrap();
+    };
+    let (out, ()) = tokio::join!(running, choreography);
     let t = text(&out);
+    assert!(!out.status.success(), "{t}");
     assert!(t.contains("more than one PodDisruptionBudget"), "{t}");
     assert!(
-        t.contains("budget-one") && t.contains("budget-two") && t.contains(&format!("{ns}/w-")),
+        t.contains("budget-one") && t.contains("budget-two") && t.contains(&format!("{ns}/{w}")),
         "{t}"
+    );
+    assert!(
+        !t.contains("timed out"),
+        "failed at once, not at the deadline: {t}"
+    );
+    assert_eq!(
+        names(&pods_on(&client, ns, &node).await),
+        [w],
+        "every other pod was evicted and is gone when the drain returns"
+    );
+    assert_eq!(
+        evictions(cluster, &held).unwrap().last().map(|e| e.0),
+        Some(201)
     );
 }
 
@@ -537,20 +593,7 @@ async fn a_pod_that_vanished_before_its_eviction_counts_as_gone() {
     let running = cmd.output();
     let choreography = async {
         // Once "a" has been refused (429), delete "b" by hand, then let "a" go.
-        wait_for("a refused eviction of a", TIMEOUT, || async {
-            let audit = std::fs::read_to_string(cluster.audit_log())?;
-            Ok(audit
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .any(|v| {
-                    v["objectRef"]["subresource"] == "eviction"
-                        && v["objectRef"]["name"] == a_name.as_str()
-                        && v["responseStatus"]["code"] == 429
-                })
-                .then_some(()))
-        })
-        .await
-        .unwrap();
+        wait_eviction(cluster, &a_name, 429, 1).await;
         Api::<Pod>::namespaced(client.clone(), ns)
             .delete("b", &DeleteParams::default())
             .await
