@@ -1246,17 +1246,18 @@ mod tests {
             );
         }
 
-        #[tokio::test(start_paused = true)]
-        async fn a_pdb_refusal_is_retried_when_the_budget_allows_but_not_sooner_than_the_spacing() {
+        /// A 429 for "web" under a budget allowing nothing, then the budget allows a disruption
+        /// `raise_after` later (at once if zero) and the retry succeeds: returns the time from
+        /// the first attempt to the retry, in the paused (virtual) clock.
+        async fn retry_gap(raise_after: Duration) -> Duration {
             let (d, mut h) = drainer();
             let pod = web();
-            let pdb = PdbView {
+            let mut view = pdb_view_with_selector(PdbView {
                 namespace: "ns".into(),
                 name: "web".into(),
                 selector: None,
                 allowed: 0,
-            };
-            let mut view = pdb_view_with_selector(pdb);
+            });
             let (tx, pdbs) =
                 watch::channel(Some(HashMap::from([("ns/web".to_owned(), view.clone())])));
             let (progress, _) = watch::channel(Progress::default());
@@ -1274,7 +1275,9 @@ mod tests {
                     ),
                 )
                 .await;
-                // The budget allows a disruption again: the retry follows, spaced.
+                // The paused clock only moves once every task is idle: the drainer is then
+                // waiting for the budget, and no earlier than this does the budget change.
+                tokio::time::sleep(raise_after).await;
                 view.allowed = 1;
                 tx.send_replace(Some(HashMap::from([("ns/web".to_owned(), view.clone())])));
                 expect(&mut h, "POST", EVICT, ok(201)).await;
@@ -1282,12 +1285,24 @@ mod tests {
             };
             let (removed, gap) =
                 tokio::join!(d.remove(&pod, Disposition::Evict, pdbs, &progress), server);
-            assert!(matches!(removed, Ok(Removed::Evicted)));
-            assert!(gap >= MIN_RETRY_SPACING, "spaced: {gap:?}");
+            assert!(matches!(removed, Ok(Removed::Evicted)), "{removed:?}");
+            gap
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_pdb_watch_wakes_the_retry_as_soon_as_the_budget_allows() {
+            let raise_after = Duration::from_secs(1);
+            let gap = retry_gap(raise_after).await;
             assert!(
-                gap < PDB_FALLBACK_RETRY,
-                "woken by the budget, not the fallback: {gap:?}"
+                gap >= raise_after && gap < raise_after + MIN_RETRY_SPACING,
+                "retried when the budget allowed it, not by the {PDB_FALLBACK_RETRY:?} fallback: {gap:?}"
             );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_budget_that_allows_at_once_is_retried_no_sooner_than_the_spacing() {
+            let gap = retry_gap(Duration::ZERO).await;
+            assert_eq!(gap, MIN_RETRY_SPACING);
         }
 
         fn pdb_view_with_selector(mut p: PdbView) -> PdbView {

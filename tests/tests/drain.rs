@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use baton_tests::agent::{Method, SimNode, baton_bin};
 use baton_tests::{Cluster, fixtures, shared_audited, wait_for};
+use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -616,6 +618,49 @@ async fn a_pod_that_vanished_before_its_eviction_counts_as_gone() {
     assert!(pods_on(&client, ns, &node).await.is_empty());
 }
 
+/// Once the `n`th refusal (429) of pod `pod`'s eviction is in the audit log, relaxes PDB `nginx`
+/// at once; returns when a watch saw its status allow a disruption.
+async fn relax_right_after_a_refusal(
+    cluster: &Cluster,
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    n: usize,
+) -> jiff::Timestamp {
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    let allowed = |p: &PodDisruptionBudget| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.disruptions_allowed)
+            .unwrap_or(0)
+            > 0
+    };
+    let mut seen = std::pin::pin!(
+        watcher::watcher(
+            pdbs,
+            watcher::Config::default().fields("metadata.name=nginx")
+        )
+        .applied_objects()
+    );
+    // Watching (the budget still allows nothing) before the refusal and the patch.
+    let first = tokio::time::timeout(TIMEOUT, seen.try_next()).await;
+    assert!(!allowed(&first.unwrap().unwrap().unwrap()));
+    wait_eviction(cluster, pod, 429, n).await;
+    fixtures::patch_pdb(client, ns, "nginx", json!({"maxUnavailable": 1}))
+        .await
+        .unwrap();
+    tokio::time::timeout(TIMEOUT, async {
+        while let Some(p) = seen.try_next().await.unwrap() {
+            if allowed(&p) {
+                return jiff::Timestamp::now();
+            }
+        }
+        panic!("the PDB watch ended");
+    })
+    .await
+    .unwrap()
+}
+
 /// Namespace `ns` with one nginx pod on node `<ns>-1` under a PDB that allows no eviction, and
 /// the spare node open; returns the client and the node to drain.
 async fn nginx_behind_a_blocking_pdb(cluster: &Cluster, ns: &str) -> (Client, String) {
@@ -694,10 +739,22 @@ async fn the_agent_shows_drain_progress_on_the_node() {
             .unwrap()
             .contains(&format!("{ns}/nginx-"))
     );
-    // Relax the budget: the PDB watch retries the eviction, the drain finishes.
-    fixtures::patch_pdb(&client, ns, "nginx", json!({"maxUnavailable": 1}))
-        .await
-        .unwrap();
+    // Relax the budget right after a refusal: the PDB watch retries the eviction as soon as the
+    // budget's status allows it, long before the 5 s fallback retry would.
+    let pod = names(&pods_on(&client, ns, &node).await).remove(0);
+    let refusals = evictions(cluster, &pod)
+        .unwrap()
+        .iter()
+        .filter(|e| e.0 == 429)
+        .count();
+    let allowed_at = relax_right_after_a_refusal(cluster, &client, ns, &pod, refusals + 1).await;
+    let evicted_at = wait_eviction(cluster, &pod, 201, 1).await;
+    let took = evicted_at.duration_since(allowed_at);
+    assert!(
+        took < jiff::SignedDuration::from_millis(2500),
+        "evicted {took:#} after the budget allowed it (the fallback retry waits 5 s)\n{}",
+        sim.log()
+    );
     sim.wait_triggered(TIMEOUT).await.unwrap();
     let a = nodes
         .get(&node)
