@@ -75,8 +75,8 @@ pub struct PodInfo {
     pub uid: String,
     /// Labels.
     pub labels: BTreeMap<String, String>,
-    /// The controller's kind and name.
-    pub controller: Option<(String, String)>,
+    /// The controller, as the pod's controller ownerReference names it.
+    pub controller: Option<Controller>,
     /// A mirror of a static pod.
     pub mirror: bool,
     /// Succeeded or Failed.
@@ -85,6 +85,17 @@ pub struct PodInfo {
     pub emptydir: bool,
     /// When deletion was requested.
     pub deleting_since: Option<SystemTime>,
+}
+
+/// A pod's controller: the ownerReference with `controller: true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controller {
+    /// Its `apiVersion` (e.g. `apps/v1`).
+    pub api_version: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
 }
 
 /// The annotation that marks a mirror (static) pod.
@@ -105,7 +116,11 @@ impl PodInfo {
                 .iter()
                 .flatten()
                 .find(|o| o.controller == Some(true))
-                .map(|o| (o.kind.clone(), o.name.clone())),
+                .map(|o| Controller {
+                    api_version: o.api_version.clone(),
+                    kind: o.kind.clone(),
+                    name: o.name.clone(),
+                }),
             mirror: m
                 .annotations
                 .as_ref()
@@ -123,10 +138,17 @@ impl PodInfo {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// The DaemonSet that owns the pod, if one does.
+    /// The `apps/v1` DaemonSet that controls the pod, if one does. A DaemonSet of another API
+    /// (e.g. OpenKruise's `apps.kruise.io` Advanced DaemonSet) does not count: to kubectl drain
+    /// (`isControllerRefDaemonSet`) its pods are ordinary managed pods, evicted like the rest.
     pub fn daemonset(&self) -> Option<&str> {
         match &self.controller {
-            Some((kind, name)) if kind == "DaemonSet" => Some(name),
+            Some(c)
+                if c.kind == <DaemonSet as k8s_openapi::Resource>::KIND
+                    && c.api_version == <DaemonSet as k8s_openapi::Resource>::API_VERSION =>
+            {
+                Some(&c.name)
+            }
             _ => None,
         }
     }
@@ -327,7 +349,9 @@ pub enum DrainError {
     #[error("{0}")]
     Refused(String),
     /// The deadline passed with pods left.
-    #[error("drain timed out after {} with {left} pod(s) left (last error: {last_error})", crate::node::human(*timeout))]
+    #[error("drain timed out after {} with {left} pod(s) left (last error: {last_error}){}",
+        crate::node::human(*timeout),
+        if failed.is_empty() { String::new() } else { format!("; and {}", failures(failed)) })]
     Timeout {
         /// The drain timeout.
         timeout: Duration,
@@ -335,17 +359,12 @@ pub enum DrainError {
         left: usize,
         /// The last eviction error seen.
         last_error: String,
+        /// Pods that had failed before the deadline.
+        failed: Vec<PodFailure>,
     },
-    /// A pod is covered by several PDBs, which the Eviction API refuses for good.
-    #[error(
-        "pod {pod} is covered by more than one PodDisruptionBudget ({pdbs}); the Eviction API cannot evict it"
-    )]
-    MultiplePdbs {
-        /// namespace/name of the pod.
-        pod: String,
-        /// The PDBs.
-        pdbs: String,
-    },
+    /// Pods could not be removed; every other pod was, and is gone.
+    #[error("{}", failures(.0))]
+    Failed(Vec<PodFailure>),
     /// A request failed.
     #[error("cannot {what}")]
     Api {
@@ -358,6 +377,63 @@ pub enum DrainError {
     /// A watch the drain depends on stopped.
     #[error("the {0} watch stopped")]
     WatchStopped(&'static str),
+}
+
+/// One pod the drain could not remove, and why. The drain goes on with the other pods and
+/// fails once they are gone, as `kubectl drain` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFailure {
+    /// namespace/name.
+    pub pod: String,
+    /// Why.
+    pub why: String,
+}
+
+/// One line naming every failed pod and why.
+fn failures(failed: &[PodFailure]) -> String {
+    let list: Vec<String> = failed
+        .iter()
+        .map(|f| format!("{}: {}", f.pod, f.why))
+        .collect();
+    format!(
+        "{} pod(s) could not be drained: {}",
+        failed.len(),
+        list.join("; ")
+    )
+}
+
+/// What to do after an eviction request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterError {
+    /// 404, or 409 (the UID precondition failed: replaced): the pod is gone.
+    Gone,
+    /// 429: a PDB refused (or the API server sheds load): retry when a budget allows.
+    WaitForBudget,
+    /// 403 because the namespace is terminating: delete the pod instead.
+    Delete,
+    /// 500 "more than one PodDisruptionBudget": the Eviction API never evicts this pod.
+    MultiplePdbs,
+    /// Any other refusal (4xx): this pod fails; the others go on.
+    Fail,
+    /// A server error (5xx), a 408, or no answer: retry with backoff until the deadline.
+    Retry,
+}
+
+/// Classifies an eviction error like `kubectl drain`, except that errors which may pass (a
+/// server error, no answer) are retried until the deadline instead of failing the pod at once.
+fn after_eviction_error(e: &kube::Error) -> AfterError {
+    let kube::Error::Api(s) = e else {
+        return AfterError::Retry;
+    };
+    match s.code {
+        404 | 409 => AfterError::Gone,
+        429 => AfterError::WaitForBudget,
+        403 if namespace_terminating(s) => AfterError::Delete,
+        500 if s.message.contains("more than one PodDisruptionBudget") => AfterError::MultiplePdbs,
+        408 => AfterError::Retry,
+        400..=499 => AfterError::Fail,
+        _ => AfterError::Retry,
+    }
 }
 
 /// What a finished drain did.
@@ -646,29 +722,51 @@ impl Drainer {
         let pending = |left: usize| progress.send_modify(|p| p.pending = left);
         pending(targets.len());
 
+        // A pod that fails (e.g. under two PDBs) fails alone: the others are still evicted and
+        // waited for, and the drain fails at the end naming each failed pod.
+        let mut failed: Vec<PodFailure> = Vec::new();
+        let failed_uids = |failed: &[PodFailure]| -> HashSet<String> {
+            targets
+                .iter()
+                .filter(|(p, _)| failed.iter().any(|f| f.pod == p.key()))
+                .map(|(p, _)| p.uid.clone())
+                .collect()
+        };
         let work = async {
             let mut outcomes = futures::stream::iter(targets.iter().cloned())
                 .map(|(pod, d)| {
                     let pdbs = pdbs_rx.clone();
-                    async move { self.remove(&pod, d, pdbs, progress).await }
+                    async move { (self.remove(&pod, d, pdbs, progress).await, pod) }
                 })
                 .buffer_unordered(self.options.parallelism.max(1));
-            while let Some(outcome) = outcomes.next().await {
-                match outcome? {
-                    Removed::Evicted => report.evicted += 1,
-                    Removed::Deleted => report.deleted += 1,
-                    Removed::Nothing => {}
+            while let Some((outcome, pod)) = outcomes.next().await {
+                match outcome {
+                    Ok(Removed::Evicted) => report.evicted += 1,
+                    Ok(Removed::Deleted) => report.deleted += 1,
+                    Ok(Removed::Nothing) => {}
+                    Err(why) => {
+                        tracing::warn!(namespace = %pod.namespace, pod = %pod.name, %why, "cannot remove the pod; draining the others");
+                        failed.push(PodFailure {
+                            pod: pod.key(),
+                            why,
+                        });
+                    }
                 }
             }
-            self.wait_gone(&targets, pods_rx.clone(), &pending).await
+            self.wait_gone(&targets, &failed_uids(&failed), pods_rx.clone(), &pending)
+                .await
         };
         // One deadline for everything: when it passes, the work is dropped, and with it every
         // eviction still retrying.
-        match tokio::time::timeout_at(deadline, work).await {
-            Ok(Ok(())) => Ok(report),
+        let timed_out = tokio::time::timeout_at(deadline, work).await;
+        failed.sort_by(|a, b| a.pod.cmp(&b.pod));
+        let failed_uids = failed_uids(&failed);
+        match timed_out {
+            Ok(Ok(())) if failed.is_empty() => Ok(report),
+            Ok(Ok(())) => Err(DrainError::Failed(failed)),
             Ok(Err(e)) => Err(e),
             Err(_) => {
-                let left = self.left(&targets, &pods_rx.borrow());
+                let left = self.left(&targets, &failed_uids, &pods_rx.borrow());
                 let last = progress
                     .borrow()
                     .last_error
@@ -679,45 +777,61 @@ impl Drainer {
                         timeout: self.options.timeout,
                         left: left.len(),
                         last_error: last,
+                        failed,
                     });
                 }
+                // The pods that failed are not escalated: the drain fails for them anyway.
                 tracing::warn!(
                     left = left.len(),
                     "drain timed out: deleting the pods left, bypassing their disruption budgets"
                 );
+                let mut failed_uids = failed_uids;
                 for p in &left {
-                    self.delete(p).await?;
-                    report.escalated += 1;
+                    match self.delete(p).await {
+                        Ok(_) => report.escalated += 1,
+                        Err(e) => {
+                            failed.push(PodFailure {
+                                pod: p.key(),
+                                why: error_chain(&e),
+                            });
+                            failed_uids.insert(p.uid.clone());
+                        }
+                    }
                 }
+                failed.sort_by(|a, b| a.pod.cmp(&b.pod));
                 match tokio::time::timeout(
                     ESCALATION_WAIT,
-                    self.wait_gone(&targets, pods_rx.clone(), &pending),
+                    self.wait_gone(&targets, &failed_uids, pods_rx.clone(), &pending),
                 )
                 .await
                 {
-                    Ok(r) => r.map(|()| report),
+                    Ok(Ok(())) if failed.is_empty() => Ok(report),
+                    Ok(Ok(())) => Err(DrainError::Failed(failed)),
+                    Ok(Err(e)) => Err(e),
                     Err(_) => Err(DrainError::Timeout {
                         timeout: self.options.timeout + ESCALATION_WAIT,
-                        left: self.left(&targets, &pods_rx.borrow()).len(),
+                        left: self.left(&targets, &failed_uids, &pods_rx.borrow()).len(),
                         last_error: last,
+                        failed,
                     }),
                 }
             }
         }
     }
 
-    /// The targets still on the node.
+    /// The targets still on the node, but those that failed (by UID), which are not waited for.
     fn left(
         &self,
         targets: &[(PodInfo, Disposition)],
+        failed: &HashSet<String>,
         live: &Option<HashMap<String, Option<SystemTime>>>,
     ) -> Vec<PodInfo> {
+        let targets = targets.iter().filter(|(p, _)| !failed.contains(&p.uid));
         let Some(live) = live else {
-            return targets.iter().map(|(p, _)| p.clone()).collect();
+            return targets.map(|(p, _)| p.clone()).collect();
         };
         let now = SystemTime::now();
         targets
-            .iter()
             .filter(|(p, _)| match live.get(&p.uid) {
                 None => false,
                 Some(since) => !since.is_some_and(|s| self.options.deleted_long_ago(s, now)),
@@ -726,11 +840,12 @@ impl Drainer {
             .collect()
     }
 
-    /// Waits until no target is left on the node (a new UID under the same name is a
-    /// replacement: the target is gone).
+    /// Waits until no target but the failed ones is left on the node (a new UID under the
+    /// same name is a replacement: the target is gone).
     async fn wait_gone(
         &self,
         targets: &[(PodInfo, Disposition)],
+        failed: &HashSet<String>,
         mut live: watch::Receiver<Option<HashMap<String, Option<SystemTime>>>>,
         pending: &impl Fn(usize),
     ) -> Result<(), DrainError> {
@@ -738,7 +853,7 @@ impl Drainer {
             let left = {
                 let seen = live.borrow_and_update();
                 if seen.is_some() {
-                    Some(self.left(targets, &seen).len())
+                    Some(self.left(targets, failed, &seen).len())
                 } else {
                     None
                 }
@@ -804,24 +919,30 @@ impl Drainer {
         }
     }
 
-    /// Deletes `pod` and counts it (`Nothing` when it was already gone).
-    async fn delete_counted(&self, pod: &PodInfo) -> Result<Removed, DrainError> {
-        Ok(if self.delete(pod).await? {
-            self.metrics.evictions.with_label_values(&["deleted"]).inc();
-            Removed::Deleted
-        } else {
-            Removed::Nothing
-        })
+    /// Deletes `pod` and counts it (`Nothing` when it was already gone); `Err` says why not.
+    async fn delete_counted(&self, pod: &PodInfo) -> Result<Removed, String> {
+        match self.delete(pod).await {
+            Ok(true) => {
+                self.metrics.evictions.with_label_values(&["deleted"]).inc();
+                Ok(Removed::Deleted)
+            }
+            Ok(false) => Ok(Removed::Nothing),
+            Err(e) => {
+                self.metrics.evictions.with_label_values(&["error"]).inc();
+                Err(error_chain(&e))
+            }
+        }
     }
 
-    /// Evicts or deletes one pod, retrying until it is done; cancelled by dropping.
+    /// Evicts or deletes one pod, retrying until it is done; cancelled by dropping. `Err`
+    /// says why this pod cannot be removed (the drain goes on with the others).
     async fn remove(
         &self,
         pod: &PodInfo,
         d: Disposition,
         mut pdbs: watch::Receiver<Option<HashMap<String, PdbView>>>,
         progress: &watch::Sender<Progress>,
-    ) -> Result<Removed, DrainError> {
+    ) -> Result<Removed, String> {
         match d {
             Disposition::Delete => {
                 return self.delete_counted(pod).await;
@@ -840,29 +961,33 @@ impl Drainer {
             let evicted: Result<serde_json::Value, kube::Error> = api
                 .create_subresource("eviction", &pod.name, &PostParams::default(), &eviction)
                 .await;
-            match evicted {
+            let e = match evicted {
                 Ok(_) => {
                     self.metrics.evictions.with_label_values(&["evicted"]).inc();
                     tracing::info!(namespace = %pod.namespace, pod = %pod.name, "evicted");
                     return Ok(Removed::Evicted);
                 }
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                Err(e) => e,
+            };
+            match after_eviction_error(&e) {
+                AfterError::Gone => {
                     self.metrics.evictions.with_label_values(&["gone"]).inc();
                     return Ok(Removed::Nothing);
                 }
-                Err(kube::Error::Api(s)) if s.code == 429 => {
+                AfterError::WaitForBudget => {
                     self.metrics
                         .evictions
                         .with_label_values(&["pdb_blocked"])
                         .inc();
-                    note(format!("{}: {}", pod.key(), s.message));
+                    note(format!("{}: {}", pod.key(), api_message(&e)));
                     self.wait_for_budget(pod, attempt, &mut pdbs).await;
                 }
-                Err(kube::Error::Api(s))
-                    if s.code == 500 && s.message.contains("more than one PodDisruptionBudget") =>
-                {
+                // The Eviction API refuses pods of a terminating namespace; they are being
+                // deleted anyway, so delete this one.
+                AfterError::Delete => return self.delete_counted(pod).await,
+                AfterError::MultiplePdbs => {
                     self.metrics.evictions.with_label_values(&["error"]).inc();
-                    let names: Vec<String> = pdbs
+                    let mut names: Vec<String> = pdbs
                         .borrow()
                         .as_ref()
                         .map(|m| covering(m, pod))
@@ -870,21 +995,21 @@ impl Drainer {
                         .into_iter()
                         .map(|p| p.name)
                         .collect();
-                    return Err(DrainError::MultiplePdbs {
-                        pod: pod.key(),
-                        pdbs: if names.is_empty() {
-                            "unknown".into()
-                        } else {
-                            names.join(", ")
-                        },
-                    });
+                    names.sort();
+                    let names = if names.is_empty() {
+                        "unknown".to_owned()
+                    } else {
+                        names.join(", ")
+                    };
+                    return Err(format!(
+                        "the Eviction API cannot evict a pod covered by more than one PodDisruptionBudget ({names})"
+                    ));
                 }
-                Err(kube::Error::Api(s)) if s.code == 403 && namespace_terminating(&s) => {
-                    // The Eviction API refuses pods of a terminating namespace; they are being
-                    // deleted anyway, so delete this one as kubectl does.
-                    return self.delete_counted(pod).await;
+                AfterError::Fail => {
+                    self.metrics.evictions.with_label_values(&["error"]).inc();
+                    return Err(format!("the eviction was refused: {}", api_message(&e)));
                 }
-                Err(e) => {
+                AfterError::Retry => {
                     self.metrics.evictions.with_label_values(&["error"]).inc();
                     tracing::warn!(namespace = %pod.namespace, pod = %pod.name, error = %e, "eviction failed; retrying");
                     note(format!("{}: {e}", pod.key()));
@@ -959,6 +1084,25 @@ pub async fn cordon_and_drain(
     drainer.drain(&tx).await
 }
 
+/// The API server's message for an API error, or the error itself.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        e => e.to_string(),
+    }
+}
+
+/// An error and its causes, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut causes = vec![e.to_string()];
+    let mut next = e.source();
+    while let Some(c) = next {
+        causes.push(c.to_string());
+        next = c.source();
+    }
+    causes.join(": ")
+}
+
 fn namespace_terminating(s: &kube::core::Status) -> bool {
     s.details
         .as_ref()
@@ -984,6 +1128,7 @@ mod tests {
         use super::*;
         use http::{Request, Response};
         use kube::client::Body;
+        use tokio::time::error::Elapsed;
         use tower_test::mock::{self, Handle};
 
         type Mock = Handle<Request<Body>, Response<Body>>;
@@ -1101,17 +1246,18 @@ mod tests {
             );
         }
 
-        #[tokio::test(start_paused = true)]
-        async fn a_pdb_refusal_is_retried_when_the_budget_allows_but_not_sooner_than_the_spacing() {
+        /// A 429 for "web" under a budget allowing nothing, then the budget allows a disruption
+        /// `raise_after` later (at once if zero) and the retry succeeds: returns the time from
+        /// the first attempt to the retry, in the paused (virtual) clock.
+        async fn retry_gap(raise_after: Duration) -> Duration {
             let (d, mut h) = drainer();
             let pod = web();
-            let pdb = PdbView {
+            let mut view = pdb_view_with_selector(PdbView {
                 namespace: "ns".into(),
                 name: "web".into(),
                 selector: None,
                 allowed: 0,
-            };
-            let mut view = pdb_view_with_selector(pdb);
+            });
             let (tx, pdbs) =
                 watch::channel(Some(HashMap::from([("ns/web".to_owned(), view.clone())])));
             let (progress, _) = watch::channel(Progress::default());
@@ -1129,7 +1275,9 @@ mod tests {
                     ),
                 )
                 .await;
-                // The budget allows a disruption again: the retry follows, spaced.
+                // The paused clock only moves once every task is idle: the drainer is then
+                // waiting for the budget, and no earlier than this does the budget change.
+                tokio::time::sleep(raise_after).await;
                 view.allowed = 1;
                 tx.send_replace(Some(HashMap::from([("ns/web".to_owned(), view.clone())])));
                 expect(&mut h, "POST", EVICT, ok(201)).await;
@@ -1137,12 +1285,24 @@ mod tests {
             };
             let (removed, gap) =
                 tokio::join!(d.remove(&pod, Disposition::Evict, pdbs, &progress), server);
-            assert!(matches!(removed, Ok(Removed::Evicted)));
-            assert!(gap >= MIN_RETRY_SPACING, "spaced: {gap:?}");
+            assert!(matches!(removed, Ok(Removed::Evicted)), "{removed:?}");
+            gap
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_pdb_watch_wakes_the_retry_as_soon_as_the_budget_allows() {
+            let raise_after = Duration::from_secs(1);
+            let gap = retry_gap(raise_after).await;
             assert!(
-                gap < PDB_FALLBACK_RETRY,
-                "woken by the budget, not the fallback: {gap:?}"
+                gap >= raise_after && gap < raise_after + MIN_RETRY_SPACING,
+                "retried when the budget allowed it, not by the {PDB_FALLBACK_RETRY:?} fallback: {gap:?}"
             );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_budget_that_allows_at_once_is_retried_no_sooner_than_the_spacing() {
+            let gap = retry_gap(Duration::ZERO).await;
+            assert_eq!(gap, MIN_RETRY_SPACING);
         }
 
         fn pdb_view_with_selector(mut p: PdbView) -> PdbView {
@@ -1150,29 +1310,72 @@ mod tests {
             p
         }
 
-        #[tokio::test(start_paused = true)]
-        async fn two_pdbs_fail_the_drain_for_good() {
+        /// Runs `remove` for "web" against one answer to its eviction; a retry finds no server
+        /// and would go on until the (virtual) minute passes.
+        async fn remove_once(
+            reply: Response<Body>,
+            pdbs: HashMap<String, PdbView>,
+        ) -> Result<Result<Removed, impl std::fmt::Display + std::fmt::Debug>, Elapsed> {
             let (d, mut h) = drainer();
             let pod = web();
-            let (_tx, pdbs) = watch::channel(Some(HashMap::new()));
+            let (_tx, pdbs) = watch::channel(Some(pdbs));
             let (progress, _) = watch::channel(Progress::default());
-            let server = expect(
-                &mut h,
-                "POST",
-                EVICT,
+            let server = async move {
+                expect(&mut h, "POST", EVICT, reply).await;
+            };
+            let remove = tokio::time::timeout(
+                Duration::from_secs(60),
+                d.remove(&pod, Disposition::Evict, pdbs, &progress),
+            );
+            tokio::join!(remove, server).0
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn two_pdbs_fail_the_pod_for_good_naming_them() {
+            let budget = |name: &str| {
+                let view = pdb_view_with_selector(PdbView {
+                    namespace: "ns".into(),
+                    name: name.into(),
+                    selector: None,
+                    allowed: 1,
+                });
+                (format!("ns/{name}"), view)
+            };
+            let removed = remove_once(
                 status(
                     500,
                     "InternalError",
                     "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
                     json!([]),
                 ),
-            );
-            let (removed, _) =
-                tokio::join!(d.remove(&pod, Disposition::Evict, pdbs, &progress), server);
+                HashMap::from([budget("one"), budget("two")]),
+            )
+            .await
+            .expect("no retry");
+            let why = removed.expect_err("failed").to_string();
             assert!(
-                matches!(removed, Err(DrainError::MultiplePdbs { .. })),
-                "{removed:?}"
+                why.contains(
+                    "cannot evict a pod covered by more than one PodDisruptionBudget (one, two)"
+                ),
+                "{why}"
             );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_refusal_other_than_a_budget_fails_the_pod_without_retrying() {
+            let removed = remove_once(
+                status(
+                    403,
+                    "Forbidden",
+                    "pods \"web\" is forbidden: User \"baton\" cannot create resource \"pods/eviction\"",
+                    json!([]),
+                ),
+                HashMap::new(),
+            )
+            .await
+            .expect("no retry");
+            let why = removed.expect_err("failed").to_string();
+            assert!(why.contains("cannot create resource"), "{why}");
         }
     }
 
@@ -1196,7 +1399,11 @@ mod tests {
     }
 
     fn owned(kind: &str) -> serde_json::Value {
-        json!([{"apiVersion": "apps/v1", "kind": kind, "name": "x", "uid": "u", "controller": true}])
+        owned_by("apps/v1", kind)
+    }
+
+    fn owned_by(api_version: &str, kind: &str) -> serde_json::Value {
+        json!([{"apiVersion": api_version, "kind": kind, "name": "x", "uid": "u", "controller": true}])
     }
 
     const NOW: Duration = Duration::from_secs(1_800_000_000);
@@ -1239,6 +1446,9 @@ mod tests {
             "status": {"phase": "Succeeded"}}));
         let ds_ref = pod(json!({"metadata": {"name": "ds-ref", "ownerReferences": [{
             "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "x", "uid": "u"}]}}));
+        // OpenKruise's Advanced DaemonSet: kubectl's DaemonSet rules are for apps/v1 only.
+        let kruise = pod(json!({"metadata": {"name": "kruise",
+            "ownerReferences": owned_by("apps.kruise.io/v1alpha1", "DaemonSet")}}));
 
         let cases: Vec<(&PodInfo, bool, &Options, Result<Disposition, Refusal>)> = vec![
             (&rs, false, &o, Ok(Disposition::Evict)),
@@ -1257,6 +1467,9 @@ mod tests {
             (&done_scratch, false, &o, Ok(Disposition::Delete)),
             // A DaemonSet owner that is not the controller does not make a DaemonSet pod.
             (&ds_ref, false, &o, Err(Refusal::Unmanaged)),
+            // Nor does a DaemonSet of another API: an ordinary managed pod, evicted.
+            (&kruise, false, &o, Ok(Disposition::Evict)),
+            (&kruise, false, &strict_ds, Ok(Disposition::Evict)),
         ];
         for (p, exists, o, want) in cases {
             assert_eq!(decide_now(p, exists, o), want, "{}", p.name);
@@ -1313,16 +1526,98 @@ mod tests {
                 json!({"metadata": {"namespace": "c", "name": "scratch", "ownerReferences": owned("ReplicaSet")},
                 "spec": {"containers": [], "volumes": [{"name": "t", "emptyDir": {}}]}}),
             ),
+            pod(json!({"metadata": {"namespace": "d", "name": "kruise",
+                "ownerReferences": owned_by("apps.kruise.io/v1alpha1", "DaemonSet")}})),
         ];
+        // Every apps/v1 DaemonSet exists; the Kruise pod is not looked up, and is evicted.
         let p = plan(&pods, |_, _| true, &opts(), SystemTime::UNIX_EPOCH + NOW);
         let why = p.refusal().unwrap();
         assert!(why.contains("a/bare") && why.contains("--force"), "{why}");
+        assert!(!why.contains("d/kruise"), "{why}");
         assert!(
             why.contains("c/scratch") && why.contains("--delete-emptydir-data"),
             "{why}"
         );
         assert!(!why.contains("b/rs"), "{why}");
-        assert_eq!(p.targets().count(), 1);
+        assert_eq!(p.targets().count(), 2);
+        assert!(pods[3].daemonset().is_none());
+    }
+
+    #[test]
+    fn eviction_errors_are_handled_like_kubectl_but_transient_ones_are_retried() {
+        let api = |code: u16, message: &str, cause: &str| {
+            kube::Error::Api(
+                serde_json::from_value(json!({"status": "Failure", "code": code,
+                    "message": message, "details": {"causes": [{"reason": cause}]}}))
+                .unwrap(),
+            )
+        };
+        let cases = [
+            (api(404, "not found", ""), AfterError::Gone),
+            (api(409, "Precondition failed: UID", ""), AfterError::Gone),
+            (api(429, "disruption budget", ""), AfterError::WaitForBudget),
+            (
+                api(403, "being terminated", "NamespaceTerminating"),
+                AfterError::Delete,
+            ),
+            (
+                api(500, "This pod has more than one PodDisruptionBudget", ""),
+                AfterError::MultiplePdbs,
+            ),
+            // kubectl fails the pod on every other error; so does baton on a refusal...
+            (api(403, "forbidden", ""), AfterError::Fail),
+            (api(400, "bad request", ""), AfterError::Fail),
+            (api(422, "invalid", ""), AfterError::Fail),
+            // ...but retries what may pass: a server error, a timeout, no answer.
+            (
+                api(500, "etcdserver: leader changed", ""),
+                AfterError::Retry,
+            ),
+            (api(503, "unavailable", ""), AfterError::Retry),
+            (api(408, "timeout", ""), AfterError::Retry),
+            (
+                kube::Error::Service(std::io::Error::other("connection reset").into()),
+                AfterError::Retry,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(after_eviction_error(&e), want, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_failed_drain_names_each_failed_pod_and_why() {
+        let failed = vec![
+            PodFailure {
+                pod: "a/w-1".into(),
+                why: "the Eviction API cannot evict a pod covered by more than one \
+                      PodDisruptionBudget (one, two)"
+                    .into(),
+            },
+            PodFailure {
+                pod: "b/x".into(),
+                why: "the eviction was refused: forbidden".into(),
+            },
+        ];
+        let msg = DrainError::Failed(failed.clone()).to_string();
+        assert_eq!(
+            msg,
+            "2 pod(s) could not be drained: a/w-1: the Eviction API cannot evict a pod covered \
+             by more than one PodDisruptionBudget (one, two); b/x: the eviction was refused: \
+             forbidden"
+        );
+        let timeout = |failed| DrainError::Timeout {
+            timeout: Duration::from_secs(60),
+            left: 1,
+            last_error: "c/y: budget".into(),
+            failed,
+        };
+        let msg = timeout(failed).to_string();
+        assert!(
+            msg.starts_with("drain timed out after 1m with 1 pod(s) left (last error: c/y: budget); and 2 pod(s) could not be drained: a/w-1: "),
+            "{msg}"
+        );
+        assert!(!timeout(Vec::new()).to_string().contains("could not"));
     }
 
     #[test]

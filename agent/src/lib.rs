@@ -3,7 +3,7 @@
 //! bounded number of nodes are disrupted at once.
 //!
 //! The crate is a pure core (decisions over plain data: [`machine`], [`lease::Observer`],
-//! [`drain::classify`], [`flag::combine`]) wrapped by a thin I/O shell ([`agent`], Kubernetes,
+//! [`drain::decide`], [`flag::combine`]) wrapped by a thin I/O shell ([`agent`], Kubernetes,
 //! files, processes, signals); `main.rs` only wires the modules together.
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

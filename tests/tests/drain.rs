@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use baton_tests::agent::{Method, SimNode, baton_bin};
 use baton_tests::{Cluster, fixtures, shared_audited, wait_for};
+use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -117,6 +119,42 @@ fn names(pods: &[Pod]) -> Vec<String> {
     v
 }
 
+/// The eviction requests for pod `name` in the audit log, in order: (response code, when the
+/// API server received the request).
+fn evictions(cluster: &Cluster, name: &str) -> anyhow::Result<Vec<(i64, jiff::Timestamp)>> {
+    let audit = std::fs::read_to_string(cluster.audit_log())?;
+    // Only the lines that can match are parsed: the log holds every request of the cluster.
+    Ok(audit
+        .lines()
+        .filter(|l| l.contains(name) && l.contains("\"eviction\""))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["objectRef"]["subresource"] == "eviction" && v["objectRef"]["name"] == name)
+        .filter_map(|v| {
+            let code = v["responseStatus"]["code"].as_i64()?;
+            let at = v["requestReceivedTimestamp"].as_str()?.parse().ok()?;
+            Some((code, at))
+        })
+        .collect())
+}
+
+/// Waits until the audit log shows the `n`th eviction request for pod `name` answered `code`;
+/// returns when the API server received it.
+async fn wait_eviction(cluster: &Cluster, name: &str, code: i64, n: usize) -> jiff::Timestamp {
+    wait_for(
+        &format!("eviction #{n} of {name} answered {code}"),
+        TIMEOUT,
+        || async {
+            let seen: Vec<_> = evictions(cluster, name)?
+                .into_iter()
+                .filter(|(c, _)| *c == code)
+                .collect();
+            Ok(seen.get(n.saturating_sub(1)).map(|(_, at)| *at))
+        },
+    )
+    .await
+    .unwrap()
+}
+
 async fn unschedulable(client: &Client, node: &str) -> bool {
     Api::<Node>::all(client.clone())
         .get(node)
@@ -197,6 +235,34 @@ async fn orphaned_daemonset_pods_need_force_like_kubectl() {
     assert!(text(&refused).contains("--force"), "{}", text(&refused));
     let out = drain(cluster, &node, &["--force"]).await;
     assert!(out.status.success(), "{}", text(&out));
+    assert!(pods_on(&client, ns, &node).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_pod_of_a_daemonset_that_is_not_apps_v1_is_evicted_like_kubectl() {
+    let cluster = shared_audited();
+    let ns = "drain-kruise";
+    let client = setup(cluster, ns).await;
+    let node = format!("{ns}-1");
+    // Controlled by an OpenKruise Advanced DaemonSet: kubectl's DaemonSet rules are for apps/v1
+    // DaemonSets only, so to kubectl this is an ordinary managed pod. The owner need not exist
+    // (nor its API): a controller reference is all that makes a pod managed.
+    let mut pod = bare_pod("advanced", &node);
+    pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps.kruise.io/v1alpha1",
+        "kind": "DaemonSet", "name": "advanced", "uid": "6f1c0a52-9d1e-4f7a-8c43-1b2f0e6a7d55",
+        "controller": true}]);
+    create::<Pod>(&client, ns, pod).await;
+    fixtures::wait_ready_pods(&client, ns, "app=advanced", 1)
+        .await
+        .unwrap();
+    let out = drain(cluster, &node, &["--drain-timeout=30s"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 evicted"), "{}", text(&out));
+    assert_eq!(
+        evictions(cluster, "advanced").unwrap().last().map(|e| e.0),
+        Some(201),
+        "evicted, not deleted"
+    );
     assert!(pods_on(&client, ns, &node).await.is_empty());
 }
 
@@ -424,32 +490,70 @@ async fn pods_terminating_for_too_long_are_not_waited_for() {
 }
 
 #[tokio::test]
-async fn a_pod_under_two_pdbs_fails_the_drain_naming_both() {
+async fn a_pod_under_two_pdbs_fails_alone_and_the_others_are_still_evicted() {
     let cluster = shared_audited();
     let ns = "drain-twopdb";
     let client = setup(cluster, ns).await;
     let node = format!("{ns}-1");
+    let budget = |name: &str, app: &str, max_unavailable: i32| {
+        json!({"metadata": {"name": name}, "spec": {"maxUnavailable": max_unavailable,
+            "selector": {"matchLabels": {"app": app}}}})
+    };
+    // "w" is covered by two budgets, which the Eviction API refuses for good; "free" has no
+    // budget; "held" is refused by its budget until the test relaxes it, after w has failed.
     create::<Deployment>(&client, ns, deployment("w", ns, 1, json!({}))).await;
+    create::<Deployment>(&client, ns, deployment("free", ns, 2, json!({}))).await;
+    create::<Deployment>(&client, ns, deployment("held", ns, 1, json!({}))).await;
     for name in ["budget-one", "budget-two"] {
-        create::<PodDisruptionBudget>(
-            &client,
-            ns,
-            json!({"metadata": {"name": name},
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "w"}}}}),
-        )
-        .await;
+        create::<PodDisruptionBudget>(&client, ns, budget(name, "w", 1)).await;
     }
-    fixtures::wait_ready_pods(&client, ns, "app=w", 1)
-        .await
-        .unwrap();
+    create::<PodDisruptionBudget>(&client, ns, budget("held", "held", 0)).await;
+    let mut on_node = Vec::new();
+    for (app, n) in [("w", 1), ("free", 2), ("held", 1)] {
+        on_node.extend(
+            fixtures::wait_ready_pods(&client, ns, &format!("app={app}"), n)
+                .await
+                .unwrap(),
+        );
+    }
     ready(&client, ns).await;
-    let out = drain(cluster, &node, &["--drain-timeout=30s"]).await;
-    assert!(!out.status.success());
+    let w = names(&on_node)
+        .into_iter()
+        .find(|n| n.starts_with("w-"))
+        .unwrap();
+    let held = names(&on_node)
+        .into_iter()
+        .find(|n| n.starts_with("held-"))
+        .unwrap();
+    let running = drain(cluster, &node, &["--drain-timeout=60s"]);
+    let choreography = async {
+        // Once w has failed (500), let "held" go: the drain must still be evicting it.
+        wait_eviction(cluster, &w, 500, 1).await;
+        wait_eviction(cluster, &held, 429, 1).await;
+        fixtures::patch_pdb(&client, ns, "held", json!({"maxUnavailable": 1}))
+            .await
+            .unwrap();
+    };
+    let (out, ()) = tokio::join!(running, choreography);
     let t = text(&out);
+    assert!(!out.status.success(), "{t}");
     assert!(t.contains("more than one PodDisruptionBudget"), "{t}");
     assert!(
-        t.contains("budget-one") && t.contains("budget-two") && t.contains(&format!("{ns}/w-")),
+        t.contains("budget-one") && t.contains("budget-two") && t.contains(&format!("{ns}/{w}")),
         "{t}"
+    );
+    assert!(
+        !t.contains("timed out"),
+        "failed at once, not at the deadline: {t}"
+    );
+    assert_eq!(
+        names(&pods_on(&client, ns, &node).await),
+        [w],
+        "every other pod was evicted and is gone when the drain returns"
+    );
+    assert_eq!(
+        evictions(cluster, &held).unwrap().last().map(|e| e.0),
+        Some(201)
     );
 }
 
@@ -491,20 +595,7 @@ async fn a_pod_that_vanished_before_its_eviction_counts_as_gone() {
     let running = cmd.output();
     let choreography = async {
         // Once "a" has been refused (429), delete "b" by hand, then let "a" go.
-        wait_for("a refused eviction of a", TIMEOUT, || async {
-            let audit = std::fs::read_to_string(cluster.audit_log())?;
-            Ok(audit
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .any(|v| {
-                    v["objectRef"]["subresource"] == "eviction"
-                        && v["objectRef"]["name"] == a_name.as_str()
-                        && v["responseStatus"]["code"] == 429
-                })
-                .then_some(()))
-        })
-        .await
-        .unwrap();
+        wait_eviction(cluster, &a_name, 429, 1).await;
         Api::<Pod>::namespaced(client.clone(), ns)
             .delete("b", &DeleteParams::default())
             .await
@@ -525,6 +616,49 @@ async fn a_pod_that_vanished_before_its_eviction_counts_as_gone() {
         text(&out)
     );
     assert!(pods_on(&client, ns, &node).await.is_empty());
+}
+
+/// Once the `n`th refusal (429) of pod `pod`'s eviction is in the audit log, relaxes PDB `nginx`
+/// at once; returns when a watch saw its status allow a disruption.
+async fn relax_right_after_a_refusal(
+    cluster: &Cluster,
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    n: usize,
+) -> jiff::Timestamp {
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    let allowed = |p: &PodDisruptionBudget| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.disruptions_allowed)
+            .unwrap_or(0)
+            > 0
+    };
+    let mut seen = std::pin::pin!(
+        watcher::watcher(
+            pdbs,
+            watcher::Config::default().fields("metadata.name=nginx")
+        )
+        .applied_objects()
+    );
+    // Watching (the budget still allows nothing) before the refusal and the patch.
+    let first = tokio::time::timeout(TIMEOUT, seen.try_next()).await;
+    assert!(!allowed(&first.unwrap().unwrap().unwrap()));
+    wait_eviction(cluster, pod, 429, n).await;
+    fixtures::patch_pdb(client, ns, "nginx", json!({"maxUnavailable": 1}))
+        .await
+        .unwrap();
+    tokio::time::timeout(TIMEOUT, async {
+        while let Some(p) = seen.try_next().await.unwrap() {
+            if allowed(&p) {
+                return jiff::Timestamp::now();
+            }
+        }
+        panic!("the PDB watch ended");
+    })
+    .await
+    .unwrap()
 }
 
 /// Namespace `ns` with one nginx pod on node `<ns>-1` under a PDB that allows no eviction, and
@@ -605,10 +739,22 @@ async fn the_agent_shows_drain_progress_on_the_node() {
             .unwrap()
             .contains(&format!("{ns}/nginx-"))
     );
-    // Relax the budget: the PDB watch retries the eviction, the drain finishes.
-    fixtures::patch_pdb(&client, ns, "nginx", json!({"maxUnavailable": 1}))
-        .await
-        .unwrap();
+    // Relax the budget right after a refusal: the PDB watch retries the eviction as soon as the
+    // budget's status allows it, long before the 5 s fallback retry would.
+    let pod = names(&pods_on(&client, ns, &node).await).remove(0);
+    let refusals = evictions(cluster, &pod)
+        .unwrap()
+        .iter()
+        .filter(|e| e.0 == 429)
+        .count();
+    let allowed_at = relax_right_after_a_refusal(cluster, &client, ns, &pod, refusals + 1).await;
+    let evicted_at = wait_eviction(cluster, &pod, 201, 1).await;
+    let took = evicted_at.duration_since(allowed_at);
+    assert!(
+        took < jiff::SignedDuration::from_millis(2500),
+        "evicted {took:#} after the budget allowed it (the fallback retry waits 5 s)\n{}",
+        sim.log()
+    );
     sim.wait_triggered(TIMEOUT).await.unwrap();
     let a = nodes
         .get(&node)
