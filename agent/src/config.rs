@@ -124,10 +124,18 @@ pub struct AgentArgs {
     pub serialize_control_plane: bool,
 
     /// Take over the Lease from a holder whose Node has been NotReady this long without
-    /// renewing (a deleted holder Node frees it at once).
+    /// renewing, unless it is rebooting (a deleted holder Node frees it at once).
     #[arg(long, env = "BATON_LOCK_HOLDER_NOT_READY_TIMEOUT", default_value = "15m",
           value_parser = duration_in(POSITIVE, MAX_LOCK_TTL), allow_hyphen_values = true)]
     pub lock_holder_not_ready_timeout: Duration,
+
+    /// Give a cycle up when it cannot go on for this long: the flag cannot be checked or the
+    /// boot ID read mid-cycle (baton aborts, uncordons and releases), or the agent cannot act at
+    /// all (failing API calls, unreadable baton.dev/ annotations: it stops renewing its Lease so
+    /// that others may go after --lock-ttl).
+    #[arg(long, env = "BATON_STALL_TIMEOUT", default_value = "10m",
+          value_parser = duration_in(POSITIVE, DAY), allow_hyphen_values = true)]
+    pub stall_timeout: Duration,
 
     /// Before cordoning, wait (with the Lease released) while a PodDisruptionBudget covering a
     /// pod of this node allows no disruption; `false` starts the drain anyway.
@@ -384,6 +392,9 @@ impl DrainArgs {
 
 /// A day, a unit of the duration bounds below.
 const DAY: Duration = Duration::from_secs(86_400);
+/// `--lock-ttl` is at least this many `--api-timeout`s: the fence's renewal, the state write and
+/// the trigger must all fit well within the TTL others judge the holder by.
+const LOCK_TTL_PER_API_TIMEOUT: u32 = 3;
 /// A (365-day) year, a unit of the duration bounds below.
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
 /// The lower bound of a duration that must not be zero.
@@ -612,6 +623,15 @@ impl AgentArgs {
             && let Some((flag, _)) = needs_url.iter().find(|(_, set)| *set)
         {
             return Err(format!("{flag} needs --prometheus-url"));
+        }
+        // Between the fencing renewal and the trigger sit two API calls: the proof must outlive
+        // them with room to spare.
+        if self.lock_ttl < self.api_timeout.saturating_mul(LOCK_TTL_PER_API_TIMEOUT) {
+            return Err(format!(
+                "--lock-ttl ({}) must be at least {LOCK_TTL_PER_API_TIMEOUT} times --api-timeout ({})",
+                humantime::format_duration(self.lock_ttl),
+                humantime::format_duration(self.api_timeout)
+            ));
         }
         if self.user.is_some() && self.reboot_method == RebootMethod::Command {
             return Err(

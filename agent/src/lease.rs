@@ -15,6 +15,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::time::Instant;
 
+use crate::machine::Phase;
+
 /// Who holds the Lease, from this agent's point of view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseView {
@@ -208,6 +210,8 @@ impl Record {
 pub struct Observer {
     last: Option<Record>,
     changed_at: Instant,
+    /// The Lease was deleted while held: `last` is its final record, which nobody renews now.
+    deleted: bool,
 }
 
 impl Observer {
@@ -216,28 +220,46 @@ impl Observer {
         Self {
             last: None,
             changed_at: now,
+            deleted: false,
         }
     }
 
     /// Records an observation of the Lease (`None`: it does not exist).
+    ///
+    /// A Lease deleted while held (by hand; baton releases by clearing the holder) keeps counting
+    /// as held by its last holder, who is no longer renewing: it expires like any silent holder's,
+    /// or earlier once that holder's Node shows it out of its cycle ([`Observer::holder_gone`]).
+    /// Otherwise the next node could create it and start while the last holder still drains.
     pub fn observe(&mut self, record: Option<&Record>, now: Instant) {
-        let record = record.cloned().unwrap_or_default();
-        let changed = self.last.as_ref().is_none_or(|last| {
-            last.holder != record.holder || last.renew_time != record.renew_time
-        });
+        let Some(record) = record else {
+            let held = self.last.as_ref().is_some_and(|l| l.holder.is_some());
+            if !held {
+                self.changed_at = now;
+                self.last = Some(Record::default());
+            }
+            self.deleted = held;
+            return;
+        };
+        let changed = self.deleted
+            || self.last.as_ref().is_none_or(|last| {
+                last.holder != record.holder || last.renew_time != record.renew_time
+            });
         if changed {
             self.changed_at = now;
         }
-        self.last = Some(record);
+        self.deleted = false;
+        self.last = Some(record.clone());
     }
 
     /// The Lease as seen by node `me`; the holder expires after [`Record::ttl`] of `local_ttl`.
+    /// A deleted Lease is no longer `me`'s.
     pub fn view(&self, me: &str, local_ttl: Duration, now: Instant) -> LeaseView {
         let Some(record) = &self.last else {
             return LeaseView::Free;
         };
         match &record.holder {
             None => LeaseView::Free,
+            Some(h) if h == me && self.deleted => LeaseView::Free,
             Some(h) if h == me => LeaseView::Mine,
             Some(h) => LeaseView::Held {
                 holder: h.clone(),
@@ -256,9 +278,14 @@ impl Observer {
         }
     }
 
-    /// The last observed record.
+    /// The last observed record (the final one of a deleted Lease).
     pub fn last(&self) -> Option<&Record> {
         self.last.as_ref()
+    }
+
+    /// Whether the Lease was deleted while held.
+    pub fn deleted(&self) -> bool {
+        self.deleted
     }
 }
 
@@ -269,42 +296,56 @@ pub enum HolderNode {
     Unknown,
     /// The Node does not exist (deleted).
     Missing,
-    /// The Node is Ready.
-    Ready,
-    /// The Node has been NotReady since this instant (local monotonic clock).
-    NotReadySince(Instant),
-}
-
-impl HolderNode {
-    /// What counts of the holder's Node for a takeover: for a Lease whose holder may not lose it
-    /// by being NotReady (the control-plane Lease: a control-plane node is NotReady exactly
-    /// while it reboots), NotReady counts as nothing known; deletion always counts.
-    pub fn for_takeover(self, not_ready_takeover: bool) -> HolderNode {
-        match self {
-            HolderNode::NotReadySince(_) if !not_ready_takeover => HolderNode::Unknown,
-            other => other,
-        }
-    }
+    /// The Node as last seen.
+    Seen {
+        /// Since when it has been NotReady (local monotonic clock); `None` while Ready.
+        not_ready_since: Option<Instant>,
+        /// Its baton phase (`baton.dev/phase`).
+        phase: Phase,
+    },
 }
 
 impl Observer {
-    /// Whether the Lease's holder is gone for good: its Node was deleted, or it has been
-    /// NotReady for longer than `not_ready_limit` with no renewal seen meanwhile. Such a Lease
-    /// may be taken before its TTL (a stuck lock is the first complaint about kured).
-    pub fn holder_gone(&self, node: HolderNode, not_ready_limit: Duration, now: Instant) -> bool {
+    /// Whether the Lease may be taken before its TTL because of what its holder's Node shows (a
+    /// stuck lock is the first complaint about kured):
+    /// - the Node was deleted;
+    /// - the Lease was deleted and its last holder's Node is out of its cycle;
+    /// - with `not_ready_takeover`, the Node has been NotReady for longer than `not_ready_limit`
+    ///   with no renewal seen meanwhile, and it is not rebooting: a rebooting node is NotReady by
+    ///   design, for as long as its firmware and disks take, and only its TTL (or its Node's
+    ///   deletion) frees its Lease. The control-plane Lease never uses this rule.
+    pub fn holder_gone(
+        &self,
+        node: HolderNode,
+        not_ready_takeover: bool,
+        not_ready_limit: Duration,
+        now: Instant,
+    ) -> bool {
         match node {
             HolderNode::Missing => true,
-            HolderNode::NotReadySince(since) => {
-                now.duration_since(since.max(self.changed_at)) > not_ready_limit
-            }
-            HolderNode::Unknown | HolderNode::Ready => false,
+            HolderNode::Seen {
+                phase: Phase::Idle, ..
+            } if self.deleted => true,
+            _ => self
+                .holder_gone_at(node, not_ready_takeover, not_ready_limit)
+                .is_some_and(|t| now > t),
         }
     }
 
-    /// When [`Observer::holder_gone`] would turn true for a NotReady holder.
-    pub fn holder_gone_at(&self, node: HolderNode, not_ready_limit: Duration) -> Option<Instant> {
+    /// When [`Observer::holder_gone`] would turn true for a NotReady holder, if it will.
+    pub fn holder_gone_at(
+        &self,
+        node: HolderNode,
+        not_ready_takeover: bool,
+        not_ready_limit: Duration,
+    ) -> Option<Instant> {
         match node {
-            HolderNode::NotReadySince(since) => Some(since.max(self.changed_at) + not_ready_limit),
+            HolderNode::Seen {
+                not_ready_since: Some(since),
+                phase,
+            } if not_ready_takeover && phase != Phase::Rebooting => {
+                Some(since.max(self.changed_at) + not_ready_limit)
+            }
             _ => None,
         }
     }
@@ -576,6 +617,13 @@ mod tests {
         assert!(!LeaseView::Mine.may_take());
     }
 
+    fn seen(not_ready_since: Option<Instant>, phase: Phase) -> HolderNode {
+        HolderNode::Seen {
+            not_ready_since,
+            phase,
+        }
+    }
+
     #[test]
     fn a_deleted_or_long_not_ready_holder_is_gone_before_its_ttl() {
         let t0 = Instant::now();
@@ -583,18 +631,88 @@ mod tests {
         let limit = Duration::from_secs(600);
         let mut o = Observer::new(t0);
         o.observe(Some(&rec(Some("b"), "r1")), t0);
-        assert!(o.holder_gone(HolderNode::Missing, limit, t0));
-        assert!(!o.holder_gone(HolderNode::Ready, limit, at(3600)));
-        assert!(!o.holder_gone(HolderNode::Unknown, limit, at(3600)));
+        let gone = |o: &Observer, node, t| o.holder_gone(node, true, limit, t);
+        assert!(gone(&o, HolderNode::Missing, t0));
+        assert!(!gone(&o, seen(None, Phase::Draining), at(3600)));
+        assert!(!gone(&o, HolderNode::Unknown, at(3600)));
         // NotReady since 100 s: gone 600 s later...
-        let nr = HolderNode::NotReadySince(at(100));
-        assert!(!o.holder_gone(nr, limit, at(700)));
-        assert!(o.holder_gone(nr, limit, at(701)));
-        assert_eq!(o.holder_gone_at(nr, limit), Some(at(700)));
+        let nr = seen(Some(at(100)), Phase::Draining);
+        assert!(!gone(&o, nr, at(700)));
+        assert!(gone(&o, nr, at(701)));
+        assert_eq!(o.holder_gone_at(nr, true, limit), Some(at(700)));
         // ...unless it renewed meanwhile (a NotReady node whose agent still runs).
         o.observe(Some(&rec(Some("b"), "r2")), at(650));
-        assert!(!o.holder_gone(nr, limit, at(701)));
-        assert!(o.holder_gone(nr, limit, at(1251)));
+        assert!(!gone(&o, nr, at(701)));
+        assert!(gone(&o, nr, at(1251)));
+    }
+
+    #[test]
+    fn a_rebooting_holder_keeps_its_lease_however_long_it_is_not_ready() {
+        // A slow reboot (firmware, fsck) must not free the slot: another node would go down
+        // while this one is still down. Only the TTL or deleting its Node frees it.
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(60);
+        let mut o = Observer::new(t0);
+        o.observe(Some(&rec(Some("b"), "r1")), t0);
+        let rebooting = seen(Some(t0), Phase::Rebooting);
+        let much_later = t0 + Duration::from_secs(3600);
+        assert!(!o.holder_gone(rebooting, true, limit, much_later));
+        assert_eq!(o.holder_gone_at(rebooting, true, limit), None);
+        assert!(o.holder_gone(HolderNode::Missing, true, limit, much_later));
+        // The TTL still applies.
+        assert!(o.view("a", TTL, much_later).may_take());
+    }
+
+    #[test]
+    fn a_lease_deleted_while_held_stays_held_until_its_holder_is_out_of_its_cycle() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let limit = Duration::from_secs(600);
+        let mut o = Observer::new(t0);
+        o.observe(Some(&rec(Some("b"), "r1")), t0);
+        o.observe(None, at(5));
+        assert!(o.deleted());
+        // Still b's for everyone else, no longer renewed: it expires at its TTL...
+        assert_eq!(
+            o.view("a", TTL, at(10)),
+            LeaseView::Held {
+                holder: "b".into(),
+                expired: false
+            }
+        );
+        assert!(o.view("a", TTL, at(61)).may_take());
+        // ...or as soon as b's Node shows it idle (it saw its Lease go, and stopped) or gone.
+        assert!(!o.holder_gone(seen(None, Phase::Draining), true, limit, at(10)));
+        assert!(o.holder_gone(seen(None, Phase::Idle), true, limit, at(10)));
+        assert!(o.holder_gone(HolderNode::Missing, true, limit, at(10)));
+        // For b itself, the Lease is gone.
+        assert_eq!(o.view("b", TTL, at(10)), LeaseView::Free);
+        // Created again (by anyone): an ordinary Lease.
+        o.observe(Some(&rec(Some("c"), "r9")), at(20));
+        assert!(!o.deleted());
+        assert!(!o.holder_gone(seen(None, Phase::Idle), true, limit, at(21)));
+        // A free Lease that is deleted is simply free.
+        let mut free = Observer::new(t0);
+        free.observe(Some(&rec(None, "r1")), t0);
+        free.observe(None, at(1));
+        assert!(!free.deleted());
+        assert_eq!(free.view("a", TTL, at(1)), LeaseView::Free);
+    }
+
+    #[test]
+    fn expiry_is_judged_on_the_local_clock_whatever_the_written_times_say() {
+        // renewTime is compared for change only: a holder whose clock is a year off is judged
+        // by how long its record stayed the same here.
+        let t0 = Instant::now();
+        let mut o = Observer::new(t0);
+        o.observe(Some(&rec(Some("b"), "1999-01-01T00:00:00Z")), t0);
+        assert!(!o.view("a", TTL, t0 + Duration::from_secs(59)).may_take());
+        o.observe(
+            Some(&rec(Some("b"), "2999-01-01T00:00:00Z")),
+            t0 + Duration::from_secs(59),
+        );
+        assert!(!o.view("a", TTL, t0 + Duration::from_secs(110)).may_take());
+        assert!(o.view("a", TTL, t0 + Duration::from_secs(120)).may_take());
     }
 
     #[test]
@@ -640,11 +758,11 @@ mod tests {
         );
         let limit = Duration::from_secs(60);
         let later = t0 + Duration::from_secs(600);
-        let not_ready = HolderNode::NotReadySince(t0);
-        assert!(o.holder_gone(not_ready.for_takeover(true), limit, later));
-        assert!(!o.holder_gone(not_ready.for_takeover(false), limit, later));
-        assert_eq!(o.holder_gone_at(not_ready.for_takeover(false), limit), None);
-        assert!(o.holder_gone(HolderNode::Missing.for_takeover(false), limit, later));
+        let not_ready = seen(Some(t0), Phase::Draining);
+        assert!(o.holder_gone(not_ready, true, limit, later));
+        assert!(!o.holder_gone(not_ready, false, limit, later));
+        assert_eq!(o.holder_gone_at(not_ready, false, limit), None);
+        assert!(o.holder_gone(HolderNode::Missing, false, limit, later));
     }
 
     #[test]

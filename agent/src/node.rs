@@ -31,6 +31,8 @@ pub const CORDONED: &str = "baton.dev/cordoned";
 pub const BOOT_ID_BEFORE: &str = "baton.dev/boot-id-before";
 /// Reboots triggered from that boot ID.
 pub const REBOOT_ATTEMPTS: &str = "baton.dev/reboot-attempts";
+/// When the last reboot was triggered (RFC 3339), written before triggering.
+pub const TRIGGERED_AT: &str = "baton.dev/reboot-triggered-at";
 /// No new cycle before this time (RFC 3339), after a failed drain.
 pub const BACKOFF_UNTIL: &str = "baton.dev/backoff-until";
 /// The boot during which a dry run already ran.
@@ -93,10 +95,11 @@ pub fn state_of(node: &Node) -> Result<NodeState, AnnotationError> {
     )
 }
 
-/// Formats a time as RFC 3339, to the second.
+/// Formats a time as RFC 3339, to the millisecond (a settle time of a few seconds counts from
+/// the real moment, not from a rounded one).
 pub fn format_time(t: SystemTime) -> String {
     Timestamp::try_from(t)
-        .and_then(|ts| ts.round(k8s_openapi::jiff::Unit::Second))
+        .and_then(|ts| ts.round(k8s_openapi::jiff::Unit::Millisecond))
         .map_or_else(|_| String::new(), |ts| ts.to_string())
 }
 
@@ -139,6 +142,9 @@ pub fn read_state(annotations: &BTreeMap<String, String>) -> Result<NodeState, A
             .map(|v| parse_count(REBOOT_ATTEMPTS, v))
             .transpose()?
             .unwrap_or(0),
+        triggered_at: get(TRIGGERED_AT)
+            .map(|v| parse_time(TRIGGERED_AT, v))
+            .transpose()?,
         backoff_until: get(BACKOFF_UNTIL)
             .map(|v| parse_time(BACKOFF_UNTIL, v))
             .transpose()?,
@@ -188,6 +194,10 @@ pub fn state_annotations(state: &NodeState, now: SystemTime) -> serde_json::Map<
         } else {
             Value::Null
         },
+    );
+    m.insert(
+        TRIGGERED_AT.into(),
+        opt(state.triggered_at.map(format_time)),
     );
     m.insert(
         BACKOFF_UNTIL.into(),
@@ -342,12 +352,14 @@ mod tests {
 
     #[test]
     fn state_round_trips_through_annotations() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        // Times keep their milliseconds: a settle time counts from the real moment.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         let state = NodeState {
             phase: Phase::Rebooting,
             cordoned_by_baton: true,
             boot_id_before: Some("abc-123-def".into()),
             reboot_attempts: 2,
+            triggered_at: Some(now - Duration::from_millis(1_500)),
             backoff_until: Some(now),
             dry_run_boot_id: Some("d".into()),
             gave_up_boot_id: Some("g".into()),
@@ -366,6 +378,7 @@ mod tests {
             (ann(&[(CORDONED, "yes")]), CORDONED),
             (ann(&[(REBOOT_ATTEMPTS, "-1")]), REBOOT_ATTEMPTS),
             (ann(&[(BACKOFF_UNTIL, "tomorrow")]), BACKOFF_UNTIL),
+            (ann(&[(TRIGGERED_AT, "soon")]), TRIGGERED_AT),
             (ann(&[(PHASE, "rebooting")]), BOOT_ID_BEFORE),
         ];
         for (a, key) in cases {

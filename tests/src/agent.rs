@@ -143,6 +143,7 @@ impl SimNode {
             format!("--lock-namespace={}", self.lock_namespace),
             "--check-interval=1s".into(),
             "--lock-ttl=30s".into(),
+            "--api-timeout=5s".into(),
             "--drain-timeout=60s".into(),
             format!(
                 "--reboot-sentinel={}",
@@ -269,8 +270,17 @@ impl SimNode {
         client: &Client,
         mut on_down: impl FnMut(&str, Option<&str>),
     ) -> Result<Option<String>> {
-        // The holder of the slot this node holds, if any (slots: baton, baton-1, baton-<group>,
-        // ...); else of the first slot, to report who held the lock instead.
+        let holder = self.go_down(cluster, client).await?;
+        on_down(&self.name, holder.as_deref());
+        self.come_up(cluster, client).await?;
+        Ok(holder)
+    }
+
+    /// The first half of a reboot: records the Lease holder at this instant (returned; the
+    /// holder of the slot this node holds, else of the first slot), stops the agent with
+    /// SIGTERM and takes the node NotReady. The host stays down until [`SimNode::come_up`].
+    pub async fn go_down(&mut self, cluster: &Cluster, client: &Client) -> Result<Option<String>> {
+        // Slots: baton, baton-1, baton-<group>, ...
         let leases: Api<Lease> = Api::namespaced(client.clone(), &self.lock_namespace);
         let holders: Vec<(String, Option<String>)> = leases
             .list(&kube::api::ListParams::default())
@@ -293,9 +303,14 @@ impl SimNode {
             .filter(|(_, h)| h.as_deref() == Some(self.name.as_str()))
             .map(|(n, _)| n.clone())
             .collect();
-        on_down(&self.name, holder.as_deref());
         self.stop().await?;
         cluster.node_down(client, &self.name).await?;
+        Ok(holder)
+    }
+
+    /// The second half of a reboot: a new boot ID, an empty sentinel folder, the node Ready
+    /// again, and the agent started.
+    pub async fn come_up(&mut self, cluster: &Cluster, client: &Client) -> Result<()> {
         self.boots += 1;
         std::fs::write(
             self.dir.join("boot_id"),
@@ -304,8 +319,7 @@ impl SimNode {
         let _ = std::fs::remove_file(self.dir.join("reboot-required"));
         let _ = std::fs::remove_file(self.trigger_file());
         cluster.node_up(client, &self.name, self.boots).await?;
-        self.start()?;
-        Ok(holder)
+        self.start()
     }
 
     /// GETs a path from the agent's HTTP server; returns the status code and body.

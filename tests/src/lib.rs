@@ -14,6 +14,7 @@ pub mod process;
 pub mod prometheus;
 pub mod real_node;
 pub mod rollout;
+pub mod scenario;
 pub mod wait;
 
 pub use cluster::{Cluster, shared, shared_audited};
