@@ -175,27 +175,36 @@ fn node_of(pod: &Pod) -> Option<&str> {
 /// A client (and its kubeconfig) for the token of `pod`'s ServiceAccount bound to `pod`, as the
 /// kubelet mounts it: the API server adds the pod's node to its identity.
 async fn pod_token(cluster: &Cluster, admin: &Client, pod: &Pod) -> (String, Client) {
-    let tr: TokenRequest = serde_json::from_value(json!({
-        "spec": {
-            "audiences": [],
-            "expirationSeconds": 3600,
-            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
-                "name": pod.metadata.name, "uid": pod.metadata.uid},
-        },
-    }))
-    .unwrap();
     let ns = pod.metadata.namespace.as_deref().unwrap();
     let sa = pod
         .spec
         .as_ref()
         .and_then(|s| s.service_account_name.as_deref());
+    sa_token(cluster, admin, ns, sa.unwrap(), Some(pod)).await
+}
+
+/// A client (and its kubeconfig) for a token of ServiceAccount `ns/sa`, bound to `pod` if given.
+async fn sa_token(
+    cluster: &Cluster,
+    admin: &Client,
+    ns: &str,
+    sa: &str,
+    pod: Option<&Pod>,
+) -> (String, Client) {
+    let mut spec = json!({"audiences": [], "expirationSeconds": 3600});
+    if let Some(pod) = pod {
+        spec["boundObjectRef"] = json!({"kind": "Pod", "apiVersion": "v1",
+            "name": pod.metadata.name, "uid": pod.metadata.uid});
+    }
+    let tr: TokenRequest = object(json!({ "spec": spec }));
     let issued: TokenRequest = Api::<ServiceAccount>::namespaced(admin.clone(), ns)
-        .create_subresource("token", sa.unwrap(), &PostParams::default(), &tr)
+        .create_subresource("token", sa, &PostParams::default(), &tr)
         .await
         .unwrap();
     let token = issued.status.unwrap().token.expect("a token");
+    let bound = pod.and_then(node_of).unwrap_or("unbound");
     let path = cluster
-        .kubeconfig_for_token(&format!("{ns}-{}", node_of(pod).unwrap()), &token)
+        .kubeconfig_for_token(&format!("{ns}-{bound}"), &token)
         .unwrap();
     let mut config = Config::from_custom_kubeconfig(
         Kubeconfig::read_from(&path).unwrap(),
@@ -546,6 +555,19 @@ async fn a_baton_token_changes_only_the_cordon_and_baton_annotations_of_its_own_
         let patch = json!({"metadata": {"annotations": {agent_node::PAUSE: value}}});
         refused(nodes.patch(mine, &pp, &merge(patch)).await, pause, what);
     }
+    // A token bound to no pod (as a long-lived Secret token would be) has no node: no writes.
+    let (_, unbound) = sa_token(cluster, &admin, "baton-system", "baton", None).await;
+    refused(
+        Api::<Node>::all(unbound)
+            .patch(
+                mine,
+                &pp,
+                &merge(json!({"metadata": {"annotations": {agent_node::PHASE: "draining"}}})),
+            )
+            .await,
+        own,
+        "writing a Node with a token bound to no pod",
+    );
     // Humans are not bound by it: a kubectl-style cordon and a taint of the same node pass.
     fixtures::cordon(&admin, mine, true).await.unwrap();
     as_admin
