@@ -381,6 +381,18 @@ async fn the_manifests_install_and_their_least_privilege_is_enough() {
     }
 }
 
+/// The scene of a stolen token: baton installed and new kwok nodes `names`. Returns the cluster,
+/// a client as the admin, and one as the token bound to the baton pod on the first node (the
+/// compromised one).
+async fn stolen(names: &[&str]) -> (&'static Cluster, Client, Client) {
+    let cluster = shared();
+    let admin = cluster.client().await.unwrap();
+    install(cluster);
+    let pods = baton_pods(cluster, &admin, names, "scope", "baton-system").await;
+    let (_, token) = pod_token(cluster, &admin, &pods[0]).await;
+    (cluster, admin, token)
+}
+
 fn merge(value: serde_json::Value) -> Patch<serde_json::Value> {
     Patch::Merge(value)
 }
@@ -391,13 +403,9 @@ fn merge(value: serde_json::Value) -> Patch<serde_json::Value> {
 #[tokio::test]
 async fn a_baton_token_changes_only_the_cordon_and_baton_annotations_of_its_own_node() {
     use baton::node::{self as agent_node, Update};
-    let cluster = shared();
-    let admin = cluster.client().await.unwrap();
-    install(cluster);
     let names = ["scope-node-1", "scope-node-2"];
-    let pods = baton_pods(cluster, &admin, &names, "scope-node", "baton-system").await;
+    let (cluster, admin, token) = stolen(&names).await;
     let (mine, theirs) = (names[0], names[1]);
-    let (_, token) = pod_token(cluster, &admin, &pods[0]).await;
     let nodes = Api::<Node>::all(token);
     let as_admin = Api::<Node>::all(admin.clone());
     let pp = PatchParams::default();
@@ -624,36 +632,39 @@ async fn pod_on(admin: &Client, ns: &str, name: &str, node: Option<&str>) -> Pod
         .unwrap()
 }
 
+/// The pods policy's refusal.
+const DELETE_RULE: &str = "only delete pods on its own node";
+
+/// Deleting pod `name` (not on the token's node) through `api` is refused, once the policy is in
+/// force.
+async fn deletion_refused(api: &Api<Pod>, name: &str) {
+    until_refused("deleting a pod on another node", DELETE_RULE, || async {
+        api.delete(name, &DeleteParams::default().dry_run()).await
+    })
+    .await;
+    refused(
+        api.delete(name, &DeleteParams::default()).await,
+        DELETE_RULE,
+        "deleting a pod on another node",
+    );
+}
+
 /// Pod deletions: pods on its own node only. Reads are another matter: RBAC cannot require the
 /// `spec.nodeName` field selector the agent lists with, so the token reads every pod.
 #[tokio::test]
 async fn a_baton_token_deletes_only_pods_on_its_own_node_but_reads_every_pod() {
-    let cluster = shared();
-    let admin = cluster.client().await.unwrap();
-    install(cluster);
     let names = ["scope-pods-1", "scope-pods-2"];
-    let pods = baton_pods(cluster, &admin, &names, "scope-pods", "baton-system").await;
+    let (cluster, admin, token) = stolen(&names).await;
     let ns = "scope-pods";
     cluster.namespace(&admin, ns).await.unwrap();
     let mine = pod_on(&admin, ns, "mine", Some(names[0])).await;
     pod_on(&admin, ns, "theirs", Some(names[1])).await;
     pod_on(&admin, ns, "pending", None).await;
-    let (_, token) = pod_token(cluster, &admin, &pods[0]).await;
     let api = Api::<Pod>::namespaced(token.clone(), ns);
-    let rule = "only delete pods on its own node";
-    until_refused("deleting a pod on another node", rule, || async {
-        api.delete("theirs", &DeleteParams::default().dry_run())
-            .await
-    })
-    .await;
-    refused(
-        api.delete("theirs", &DeleteParams::default()).await,
-        rule,
-        "deleting a pod on another node",
-    );
+    deletion_refused(&api, "theirs").await;
     refused(
         api.delete("pending", &DeleteParams::default()).await,
-        rule,
+        DELETE_RULE,
         "deleting a pod on no node",
     );
     // As the agent deletes (a finished pod, or with --disable-eviction): by UID.
@@ -687,11 +698,8 @@ async fn a_baton_token_deletes_only_pods_on_its_own_node_but_reads_every_pod() {
 /// as their PodDisruptionBudgets allow, as for any voluntary disruption.
 #[tokio::test]
 async fn a_baton_token_evicts_on_any_node_but_only_as_far_as_disruption_budgets_allow() {
-    let cluster = shared();
-    let admin = cluster.client().await.unwrap();
-    install(cluster);
     let names = ["scope-evict-1", "scope-evict-2"];
-    let pods = baton_pods(cluster, &admin, &names, "scope-evict", "baton-system").await;
+    let (cluster, admin, token) = stolen(&names).await;
     let (ns, probe_ns) = ("scope-evict", "scope-evict-probe");
     for n in [ns, probe_ns] {
         cluster.namespace(&admin, n).await.unwrap();
@@ -717,7 +725,6 @@ async fn a_baton_token_evicts_on_any_node_but_only_as_far_as_disruption_budgets_
     )
     .await
     .unwrap();
-    let (_, token) = pod_token(cluster, &admin, &pods[0]).await;
 
     // What a policy on evictions sees, echoed by a probe policy in its own namespace.
     let probe = json!({
@@ -772,17 +779,7 @@ async fn a_baton_token_evicts_on_any_node_but_only_as_far_as_disruption_budgets_
 
     // A direct deletion of a pod on another node is refused, its eviction is not.
     let api = Api::<Pod>::namespaced(token, ns);
-    let rule = "only delete pods on its own node";
-    until_refused("deleting a pod on another node", rule, || async {
-        api.delete("loose", &DeleteParams::default().dry_run())
-            .await
-    })
-    .await;
-    refused(
-        api.delete("loose", &DeleteParams::default()).await,
-        rule,
-        "deleting a pod on another node",
-    );
+    deletion_refused(&api, "loose").await;
     api.evict("loose", &EvictParams::default())
         .await
         .expect("evicting a pod on another node: nothing in the API server can refuse it");
@@ -808,13 +805,9 @@ async fn a_baton_token_evicts_on_any_node_but_only_as_far_as_disruption_budgets_
 #[tokio::test]
 async fn a_baton_token_holds_only_baton_leases_and_never_writes_another_nodes_hold() {
     use baton::lease::{LeaseClient, Record};
-    let cluster = shared();
-    let admin = cluster.client().await.unwrap();
-    install(cluster);
     let names = ["scope-lease-1", "scope-lease-2"];
-    let pods = baton_pods(cluster, &admin, &names, "scope-lease", "baton-system").await;
+    let (_, admin, token) = stolen(&names).await;
     let (me, other, third) = (names[0], names[1], "scope-lease-3");
-    let (_, token) = pod_token(cluster, &admin, &pods[0]).await;
     let leases = Api::<Lease>::namespaced(token.clone(), "baton-system");
     let as_admin = Api::<Lease>::namespaced(admin.clone(), "baton-system");
     let pp = PostParams::default();
@@ -962,13 +955,9 @@ async fn a_baton_token_holds_only_baton_leases_and_never_writes_another_nodes_ho
 /// Events about anything else, in another reporter's name or namespace, do not.
 #[tokio::test]
 async fn a_baton_token_reports_events_only_about_its_own_node() {
-    let cluster = shared();
-    let admin = cluster.client().await.unwrap();
-    install(cluster);
     let names = ["scope-events-1", "scope-events-2"];
-    let pods = baton_pods(cluster, &admin, &names, "scope-events", "baton-system").await;
+    let (_, admin, token) = stolen(&names).await;
     let (me, other) = (names[0], names[1]);
-    let (_, token) = pod_token(cluster, &admin, &pods[0]).await;
     let event = |name: &str, ns: &str, regarding: serde_json::Value, reporter: &str| -> Event {
         object(json!({
             "metadata": {"name": name, "namespace": ns},
