@@ -122,7 +122,20 @@ impl Agent {
             unschedulable: cordon.then_some(true),
             resource_version: cx.node.metadata.resource_version.clone(),
         };
-        self.write(update, "cordoning the node").await?;
+        // Written only over the Node this decision read: if it changed meanwhile (kubelet's
+        // status updates do), read it again and decide again at once.
+        match node::apply(&self.nodes, &self.args.node_name, &update).await {
+            Ok(written) => self
+                .node
+                .offer(super::watch::Seen::Present(Box::new(written))),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let fresh = self.nodes.get(&self.args.node_name).await?;
+                self.node
+                    .offer(super::watch::Seen::Present(Box::new(fresh)));
+                return Ok(Progress::Again);
+            }
+            Err(e) => return Err(anyhow::Error::from(e).context("cordoning the node")),
+        }
         let reason = match cx.flag {
             Flag::Required(r) => r.clone(),
             _ => String::new(),
