@@ -205,6 +205,16 @@ impl Record {
     }
 }
 
+/// How often a holder with this TTL renews: three renewals fit in one TTL, so one or two failed
+/// writes never cost the lock; at most every minute, to keep API writes rare.
+pub fn renew_interval(ttl: Duration) -> Duration {
+    (ttl / 3).min(Duration::from_secs(60))
+}
+
+/// How late a renewal may be before its holder is suspect: one failed renewal retried (the
+/// keeper retries after 5 s) is not.
+const OVERDUE_GRACE: Duration = Duration::from_secs(5);
+
 /// Tracks when the observed Lease last changed, on the local monotonic clock.
 #[derive(Debug, Clone)]
 pub struct Observer {
@@ -332,6 +342,21 @@ impl Observer {
         }
     }
 
+    /// When another node's hold becomes suspect, if it is held: its next renewal is overdue
+    /// (after [`renew_interval`] of its TTL, and a grace), or at once for a Lease deleted while
+    /// held. Only a suspect holder's Node is watched: one that renews on time is neither gone
+    /// nor NotReady-without-renewing, so the takeover rules cannot apply to it yet.
+    pub fn suspect_at(&self, me: &str, local_ttl: Duration) -> Option<Instant> {
+        let record = self.last.as_ref()?;
+        match &record.holder {
+            Some(h) if h != me && self.deleted => Some(self.changed_at),
+            Some(h) if h != me => {
+                Some(self.changed_at + renew_interval(record.ttl(local_ttl)) + OVERDUE_GRACE)
+            }
+            _ => None,
+        }
+    }
+
     /// When [`Observer::holder_gone`] would turn true for a NotReady holder, if it will.
     pub fn holder_gone_at(
         &self,
@@ -357,6 +382,10 @@ pub enum LeaseError {
     /// Someone else holds the Lease (or took it while we decided).
     #[error("the lease is held by {0}")]
     HeldByOther(String),
+    /// An acquisition found another node holding the Lease: the Lease as it read it (so the
+    /// caller need not read it again).
+    #[error("the lease is held by {}", Record::from_lease(.0).holder.unwrap_or_default())]
+    Taken(Box<Lease>),
     /// The write lost a race (409 Conflict) every time it was retried.
     #[error("the lease kept changing under our writes")]
     Conflict,
@@ -444,7 +473,7 @@ impl LeaseClient {
                         }),
                     };
                     if !takeable {
-                        return Err(LeaseError::HeldByOther(record.holder.unwrap_or_default()));
+                        return Err(LeaseError::Taken(Box::new(lease)));
                     }
                     let transitions = lease
                         .spec
@@ -602,6 +631,30 @@ mod tests {
         // Seeing the same record again is not a renewal.
         o.observe(Some(&rec(Some("b"), "r2")), at(100));
         assert!(o.view("a", TTL, at(111)).may_take());
+    }
+
+    #[test]
+    fn a_holder_is_suspect_once_its_renewal_is_overdue_or_its_lease_deleted() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut o = Observer::new(t0);
+        assert_eq!(o.suspect_at("a", TTL), None);
+        o.observe(Some(&rec(Some("b"), "r1")), t0);
+        // A 60 s TTL renews every 20 s; 5 s of grace.
+        assert_eq!(o.suspect_at("a", TTL), Some(at(25)));
+        // A renewal moves it on; the holder's declared TTL counts (capped by ours).
+        o.observe(Some(&rec(Some("b"), "r2")), at(20));
+        assert_eq!(o.suspect_at("a", TTL), Some(at(45)));
+        assert_eq!(o.suspect_at("a", Duration::from_secs(3600)), Some(at(45)));
+        assert_eq!(o.suspect_at("a", Duration::from_secs(30)), Some(at(35)));
+        // Our own and a free Lease have no holder to suspect.
+        assert_eq!(o.suspect_at("b", TTL), None);
+        o.observe(Some(&rec(None, "r3")), at(30));
+        assert_eq!(o.suspect_at("a", TTL), None);
+        // Deleted while held: at once.
+        o.observe(Some(&rec(Some("b"), "r4")), at(40));
+        o.observe(None, at(41));
+        assert_eq!(o.suspect_at("a", TTL), Some(at(40)));
     }
 
     #[test]

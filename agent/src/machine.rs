@@ -383,12 +383,20 @@ fn idle(o: &Observation<'_>) -> Step {
     }
 }
 
-fn idle_with_all(o: &Observation<'_>) -> Step {
-    let s = o.state;
-    let boot = o.boot_id;
-    let blocked = if let Some(reason) = o.gate {
+/// Why an idle node may not start a cycle now, whatever the Leases say: a gate (pause, window,
+/// blocker), a back-off, an unknown boot ID, a dry run or a give-up for this boot, or a flag
+/// that survived its reboots. `None`: it may start once it holds the Leases it needs (so only
+/// then does the shell watch them).
+pub fn start_blocked(
+    gate: Option<&str>,
+    s: &NodeState,
+    boot: Option<&str>,
+    now: SystemTime,
+    limits: &Limits,
+) -> Option<Wait> {
+    if let Some(reason) = gate {
         Some(Wait::Gated(reason.to_owned()))
-    } else if s.backoff_until.is_some_and(|t| o.now < t) {
+    } else if s.backoff_until.is_some_and(|t| now < t) {
         Some(Wait::Backoff)
     } else if boot.is_none() {
         // A cycle records the boot ID it starts from; without it, no cycle.
@@ -397,11 +405,16 @@ fn idle_with_all(o: &Observation<'_>) -> Step {
         Some(Wait::DryRunDone)
     } else if s.gave_up_boot_id.as_deref() == boot {
         Some(Wait::GaveUp)
-    } else if s.consecutive_reboots >= o.limits.max_reboot_attempts {
+    } else if s.consecutive_reboots >= limits.max_reboot_attempts {
         Some(Wait::FlagPersists)
     } else {
         None
-    };
+    }
+}
+
+fn idle_with_all(o: &Observation<'_>) -> Step {
+    let s = o.state;
+    let blocked = start_blocked(o.gate, s, o.boot_id, o.now, &o.limits);
     match o.flag {
         Flag::Required(_) => match (blocked, o.lease) {
             (Some(_), LeaseView::Mine) => Step::Release,

@@ -104,7 +104,7 @@ impl Agent {
         }
         // The budgets were checked before the Lease was taken; once more now, holding it. A
         // budget at zero gives the Lease back (the gate then says why).
-        if self.gates.recheck_budgets().await?.is_some() {
+        if self.gates.recheck_budgets(&plan).await?.is_some() {
             self.slots.release().await?;
             return Ok(Progress::Again);
         }
