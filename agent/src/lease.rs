@@ -439,6 +439,20 @@ impl LeaseClient {
         Ok(self.api.get_opt(&self.name).await?)
     }
 
+    /// The Lease a write attempt starts from: on the first attempt, `known` (what the caller
+    /// last saw of it: `Some(None)` for none) if given, so the write needs no read first (its
+    /// resourceVersion still guards it: a 409 means read it again); else a read.
+    async fn current(
+        &self,
+        known: Option<Option<&Lease>>,
+        attempt: usize,
+    ) -> Result<(Option<Lease>, bool), kube::Error> {
+        match known {
+            Some(k) if attempt == 0 => Ok((k.cloned(), false)),
+            _ => Ok((self.api.get_opt(&self.name).await?, true)),
+        }
+    }
+
     /// Takes the Lease if it is free, ours, or still exactly as `judged` (the record this agent
     /// judged expired). Returns the new Lease.
     pub async fn acquire(
@@ -446,11 +460,21 @@ impl LeaseClient {
         judged: Option<&Record>,
         owner: Option<&OwnerReference>,
     ) -> Result<Lease, LeaseError> {
+        self.acquire_from(judged, owner, None).await
+    }
+
+    /// [`LeaseClient::acquire`], trying first from `known` (see [`LeaseClient::current`]).
+    pub async fn acquire_from(
+        &self,
+        judged: Option<&Record>,
+        owner: Option<&OwnerReference>,
+        known: Option<Option<&Lease>>,
+    ) -> Result<Lease, LeaseError> {
         // Owned by the holder's Node: if the Node is deleted, the garbage collector deletes the
         // Lease and nobody waits for a holder that will never come back.
         let owners = owner.map(|o| vec![o.clone()]);
-        for _ in 0..CONFLICT_RETRIES {
-            let current = self.api.get_opt(&self.name).await?;
+        for attempt in 0..CONFLICT_RETRIES {
+            let (current, read) = self.current(known, attempt).await?;
             let result = match current {
                 None => {
                     let lease = Lease {
@@ -472,6 +496,10 @@ impl LeaseClient {
                             j.holder == record.holder && j.renew_time == record.renew_time
                         }),
                     };
+                    if !takeable && !read {
+                        // What the caller saw is no verdict: read it.
+                        continue;
+                    }
                     if !takeable {
                         return Err(LeaseError::Taken(Box::new(lease)));
                     }
@@ -523,15 +551,22 @@ impl LeaseClient {
     /// Renews the Lease; fails with [`LeaseError::HeldByOther`] if it is no longer ours. A
     /// successful renewal proves, at that instant, that this node holds the Lease.
     pub async fn renew(&self) -> Result<Lease, LeaseError> {
-        for _ in 0..CONFLICT_RETRIES {
-            let lease = self.api.get_opt(&self.name).await?;
-            let Some(mut lease) = lease else {
-                return Err(LeaseError::HeldByOther(String::new()));
+        self.renew_from(None).await
+    }
+
+    /// [`LeaseClient::renew`], trying first from `known` (see [`LeaseClient::current`]): a
+    /// write over what this agent saw succeeds only if nobody wrote since, which proves the hold
+    /// as well as a read would.
+    pub async fn renew_from(&self, known: Option<Option<&Lease>>) -> Result<Lease, LeaseError> {
+        for attempt in 0..CONFLICT_RETRIES {
+            let (lease, read) = self.current(known, attempt).await?;
+            let holder = lease.as_ref().and_then(|l| Record::from_lease(l).holder);
+            let mut lease = match lease {
+                Some(l) if holder.as_deref() == Some(&self.me) => l,
+                // What the caller saw is no verdict: read it.
+                _ if !read => continue,
+                _ => return Err(LeaseError::HeldByOther(holder.unwrap_or_default())),
             };
-            let holder = Record::from_lease(&lease).holder;
-            if holder.as_deref() != Some(&self.me) {
-                return Err(LeaseError::HeldByOther(holder.unwrap_or_default()));
-            }
             if let Some(spec) = lease.spec.as_mut() {
                 spec.renew_time = Some(now());
                 spec.lease_duration_seconds =
@@ -558,13 +593,22 @@ impl LeaseClient {
     /// Releases the Lease if this node holds it. Returns the Lease as it now is (`None` if
     /// it does not exist).
     pub async fn release(&self) -> Result<Option<Lease>, LeaseError> {
-        for _ in 0..CONFLICT_RETRIES {
-            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
-                return Ok(None);
+        self.release_from(None).await
+    }
+
+    /// [`LeaseClient::release`], trying first from `known` (see [`LeaseClient::current`]).
+    pub async fn release_from(
+        &self,
+        known: Option<Option<&Lease>>,
+    ) -> Result<Option<Lease>, LeaseError> {
+        for attempt in 0..CONFLICT_RETRIES {
+            let (lease, read) = self.current(known, attempt).await?;
+            let mut lease = match lease {
+                Some(l) if Record::from_lease(&l).holder.as_deref() == Some(&self.me) => l,
+                // What the caller saw is no verdict: read it.
+                _ if !read => continue,
+                other => return Ok(other),
             };
-            if Record::from_lease(&lease).holder.as_deref() != Some(&self.me) {
-                return Ok(Some(lease));
-            }
             if let Some(spec) = lease.spec.as_mut() {
                 spec.holder_identity = None;
                 spec.acquire_time = None;
@@ -898,6 +942,79 @@ mod tests {
                 .status(200)
                 .body(Body::from(serde_json::to_vec(body).unwrap()))
                 .unwrap()
+        }
+
+        fn lease_json(holder: &str, rv: &str) -> serde_json::Value {
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "baton", "namespace": "baton-system", "resourceVersion": rv},
+                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 60,
+                         "renewTime": "2026-01-01T00:00:00.000000Z"}})
+        }
+
+        fn conflict() -> Response<Body> {
+            let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "code": 409, "reason": "Conflict", "message": "the object has been modified"});
+            Response::builder()
+                .status(409)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap()
+        }
+
+        /// Answers the next request, checking its method and, for a write, the resourceVersion
+        /// it is based on.
+        async fn answer(h: &mut Mock, method: &str, rv: Option<&str>, reply_with: Response<Body>) {
+            let (req, send) = h.next_request().await.expect("a request");
+            assert_eq!((req.method().as_str(), req.uri().path()), (method, PATH));
+            if let Some(rv) = rv {
+                let body: serde_json::Value =
+                    serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap())
+                        .unwrap();
+                assert_eq!(body["metadata"]["resourceVersion"], rv);
+            }
+            send.send_response(reply_with);
+        }
+
+        #[tokio::test]
+        async fn writes_from_what_the_agent_saw_need_no_read_and_a_conflict_reads_again() {
+            let seen_free = serde_json::from_value::<Lease>(lease_json("", "5")).unwrap();
+            let seen_mine = serde_json::from_value::<Lease>(lease_json("me", "6")).unwrap();
+            // A take straight over the Lease as watched: one PUT.
+            let (lease, mut h) = client();
+            let server = answer(&mut h, "PUT", Some("5"), reply(&lease_json("me", "6")));
+            let (taken, ()) = tokio::join!(
+                lease.acquire_from(None, None, Some(Some(&seen_free))),
+                server
+            );
+            assert!(taken.is_ok(), "{taken:?}");
+            // Someone wrote first: 409, then a read that finds it taken, and no write.
+            let (lease, mut h) = client();
+            let server = async {
+                answer(&mut h, "PUT", Some("5"), conflict()).await;
+                answer(&mut h, "GET", None, reply(&lease_json("other", "7"))).await;
+            };
+            let (lost, ()) = tokio::join!(
+                lease.acquire_from(None, None, Some(Some(&seen_free))),
+                server
+            );
+            assert!(matches!(lost, Err(LeaseError::Taken(_))), "{lost:?}");
+            // A renewal (the fence) and a release over the agent's last view: one PUT each.
+            let (lease, mut h) = client();
+            let server = answer(&mut h, "PUT", Some("6"), reply(&lease_json("me", "7")));
+            let (renewed, ()) = tokio::join!(lease.renew_from(Some(Some(&seen_mine))), server);
+            assert!(renewed.is_ok(), "{renewed:?}");
+            let (lease, mut h) = client();
+            let server = answer(&mut h, "PUT", Some("6"), reply(&lease_json("", "7")));
+            let (released, ()) = tokio::join!(lease.release_from(Some(Some(&seen_mine))), server);
+            assert!(released.is_ok(), "{released:?}");
+            // A view that says another node holds it is no verdict for a renewal: it reads.
+            let seen_other = serde_json::from_value::<Lease>(lease_json("other", "8")).unwrap();
+            let (lease, mut h) = client();
+            let server = answer(&mut h, "GET", None, reply(&lease_json("other", "8")));
+            let (refused, ()) = tokio::join!(lease.renew_from(Some(Some(&seen_other))), server);
+            assert!(
+                matches!(&refused, Err(LeaseError::HeldByOther(h)) if h == "other"),
+                "{refused:?}"
+            );
         }
 
         #[tokio::test]

@@ -25,6 +25,8 @@ pub struct Request {
     pub received: Timestamp,
     /// When it completed, if it did (a watch still open has not).
     pub completed: Option<Timestamp>,
+    /// The response's status code, once completed.
+    pub code: Option<i64>,
 }
 
 impl Request {
@@ -117,9 +119,11 @@ pub fn read(path: &Path) -> Result<Vec<Request>> {
             uri: s("requestURI"),
             received,
             completed: None,
+            code: None,
         });
         if v["stage"].as_str() == Some("ResponseComplete") {
             entry.completed = time("stageTimestamp");
+            entry.code = v["responseStatus"]["code"].as_i64();
         }
     }
     let mut all: Vec<Request> = by_id.into_values().collect();
@@ -172,6 +176,7 @@ mod tests {
             uri: "/apis/coordination.k8s.io/v1/namespaces/x/leases?allowWatchBookmarks=true&fieldSelector=metadata.name%3Dbaton-1&timeoutSeconds=412&watch=true".into(),
             received: Timestamp::UNIX_EPOCH,
             completed: None,
+            code: None,
         };
         assert_eq!(r.baton_node(), Some("n-1"));
         assert_eq!(

@@ -48,6 +48,9 @@ pub(super) struct Gates {
     pause: Option<(Watched<ConfigMap>, Instant)>,
     /// The last blocker check: what blocked (if anything) and when.
     last: Option<(Option<String>, Instant)>,
+    /// The node's pods as the last check planned them (its budgets checked against them), for
+    /// the cordon that may follow in the same decision.
+    plan: Option<crate::drain::Plan>,
     client: Client,
     drainer: Drainer,
     metrics: Metrics,
@@ -66,6 +69,7 @@ impl Gates {
             settings,
             switch_api: switch,
             pause: None,
+            plan: None,
             last: None,
             client,
             drainer,
@@ -137,15 +141,18 @@ impl Gates {
 
     /// Why a blocker stops a new cycle, if one does: a blocking pod, an active alert, or a
     /// PodDisruptionBudget covering a pod of this node that allows no disruption now. Checked
-    /// only while a reboot is wanted and the Lease could be taken. "Not blocked" is always
-    /// checked afresh (it is about to be acted on); "blocked" younger than `--check-interval` is
-    /// reused: every event while blocked would otherwise ask again.
-    pub(super) async fn blockers(&mut self) -> anyhow::Result<Option<String>> {
+    /// only while a reboot is wanted and the Lease could be taken. A result younger than
+    /// `--check-interval` is reused, except "not blocked" when `holding` (about to cordon):
+    /// otherwise every waiting node would ask again at every hand-off, and every event while
+    /// blocked would.
+    pub(super) async fn blockers(&mut self, holding: bool) -> anyhow::Result<Option<String>> {
+        self.plan = None;
         let now = Instant::now();
-        if let Some((Some(why), at)) = &self.last
+        if let Some((why, at)) = &self.last
             && now < *at + self.settings.check_interval
+            && (why.is_some() || !holding)
         {
-            return Ok(Some(why.clone()));
+            return Ok(why.clone());
         }
         let pod = self.blocking_pod().await?;
         let alert = match &self.settings.alerts {
@@ -197,8 +204,15 @@ impl Gates {
         Ok(why)
     }
 
+    /// The node's pods as planned by this decision's blocker check, if it made one: their
+    /// budgets were checked against them just now.
+    pub(super) fn take_plan(&mut self) -> Option<crate::drain::Plan> {
+        self.plan.take()
+    }
+
     /// Forgets the last blocker check (no reboot is wanted, or a cycle is under way).
     pub(super) fn clear(&mut self) {
+        self.plan = None;
         if self.last.take().is_some() {
             for blocker in crate::metrics::BLOCKERS {
                 self.metrics.blocked.with_label_values(&[blocker]).set(0);
@@ -230,12 +244,14 @@ impl Gates {
     }
 
     /// A PodDisruptionBudget that would only make the drain wait with the node cordoned.
-    async fn pdb_preflight(&self) -> anyhow::Result<Option<String>> {
+    async fn pdb_preflight(&mut self) -> anyhow::Result<Option<String>> {
         if !self.settings.pdb_preflight {
             return Ok(None);
         }
         let plan = self.drainer.plan().await?;
-        self.budgets_block(&plan).await
+        let why = self.budgets_block(&plan).await?;
+        self.plan = Some(plan);
+        Ok(why)
     }
 
     /// The budgets that would only make the drain of `plan` wait with the node cordoned.

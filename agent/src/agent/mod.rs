@@ -540,11 +540,13 @@ impl Agent {
         self.metrics.set_phase(state.phase);
 
         let mut gate = paused;
-        let takeable = !matches!(judged.view, LeaseView::Held { expired: false, .. });
-        if gate.is_none() && flagged && state.phase == Phase::Idle && takeable {
-            // Checked whenever the Lease could be taken or is ours (before taking it and again
-            // before cordoning), not while another node holds it: then the Lease is the wait.
-            gate = self.gates.blockers().await?;
+        if gate.is_none() && flagged && state.phase == Phase::Idle {
+            // Checked when the Lease could be taken (a result up to --check-interval old will
+            // do) and afresh once it is ours, before cordoning; not while another node holds it:
+            // then the Lease is the wait.
+            if !matches!(judged.view, LeaseView::Held { expired: false, .. }) {
+                gate = self.gates.blockers(judged.view == LeaseView::Mine).await?;
+            }
         } else {
             self.gates.clear();
         }

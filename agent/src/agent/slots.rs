@@ -424,7 +424,11 @@ impl Slots {
         } else {
             slot.observer.last()
         };
-        match slot.client.acquire(judged, owner).await {
+        match slot
+            .client
+            .acquire_from(judged, owner, slot.seen.known())
+            .await
+        {
             Ok(lease) => {
                 tracing::info!(node = %self.me, lease = slot.client.name(), "took the lease");
                 slot.hold.send_replace(Hold::Written(Instant::now()));
@@ -452,7 +456,7 @@ impl Slots {
             if *slot.tenure.borrow() != Tenure::Held {
                 return Err(format!("lease {} is not held", slot.client.name()));
             }
-            match slot.client.renew().await {
+            match slot.client.renew_from(slot.seen.known()).await {
                 Ok(l) => {
                     slot.hold.send_replace(Hold::Written(Instant::now()));
                     slot.seen.offer(Seen::Present(Box::new(l)));
@@ -477,7 +481,11 @@ impl Slots {
             let slot = &mut self.slots[i];
             // Stop renewing first: a release that fails leaves the Lease to expire.
             slot.hold.send_replace(Hold::No);
-            let lease = slot.client.release().await.context("releasing the lease")?;
+            let lease = slot
+                .client
+                .release_from(slot.seen.known())
+                .await
+                .context("releasing the lease")?;
             if let Some(l) = lease {
                 if Record::from_lease(&l).holder.is_none() {
                     tracing::info!(node = %me, lease = slot.client.name(), "released the lease");

@@ -72,6 +72,16 @@ impl<K: Resource + Clone> Latest<K> {
         }
     }
 
+    /// What is known of the object: `Some(None)` when known missing, `None` before the first
+    /// sync.
+    pub(super) fn known(&self) -> Option<Option<&K>> {
+        match &self.current {
+            Seen::Unsynced => None,
+            Seen::Missing => Some(None),
+            Seen::Present(k) => Some(Some(k)),
+        }
+    }
+
     /// Whether `seen` says the object is gone while this agent knows it present: a watch can
     /// deliver a deletion from before this agent's own fresh write, so such news is read again
     /// before it is believed.
