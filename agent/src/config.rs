@@ -884,6 +884,31 @@ mod tests {
     }
 
     #[test]
+    fn the_lock_ttl_must_outlive_the_api_calls_between_the_fence_and_the_trigger() {
+        let check = |ttl: &str, timeout: &str| {
+            parse(&[
+                "--node-name",
+                "n1",
+                "--lock-ttl",
+                ttl,
+                "--api-timeout",
+                timeout,
+            ])
+            .unwrap()
+            .check()
+        };
+        let err = check("30s", "30s").unwrap_err();
+        assert!(
+            err.contains("--lock-ttl") && err.contains("--api-timeout") && !err.contains('\n'),
+            "{err}"
+        );
+        assert!(check("90s", "30s").is_ok());
+        assert!(check("89s", "30s").is_err());
+        // The defaults (30m, 30s) are far apart.
+        assert!(parse(&["--node-name", "n1"]).unwrap().check().is_ok());
+    }
+
+    #[test]
     fn an_empty_reboot_window_is_refused_at_start() {
         let window = |start: &str, end: &str| {
             let args = [

@@ -304,23 +304,9 @@ pub fn plan(
 
 /// Whether a label selector matches `labels` (a PDB's selector: empty matches every pod).
 pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
-        let have = labels.get(&e.key);
-        let values = e.values.as_deref().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => have.is_some_and(|v| values.contains(v)),
-            "NotIn" => have.is_none_or(|v| !values.contains(v)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
+    // An operator kube does not know (the API server validates them) matches nothing.
+    kube::core::Selector::try_from(sel.clone())
+        .is_ok_and(|s| kube::core::SelectorExt::matches(&s, labels))
 }
 
 /// The PDBs that allow no disruption right now, with a pod of `pods` each would block: the

@@ -58,7 +58,7 @@ type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
 
 /// What the loop does after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Progress {
+enum Next {
     /// Decide again at once (the step changed something).
     Again,
     /// Nothing changes until an observation does.
@@ -295,7 +295,14 @@ impl Agent {
                     ));
                 }
             }
-            let progress = match self.decide_and_act().await {
+            // A stop request cancels the step in flight (an API call may wait out its whole
+            // deadline): every step survives being cut at any point, as it survives a kill.
+            let mut stopping = self.shutdown.clone();
+            let decided = tokio::select! {
+                r = self.decide_and_act() => r,
+                () = stopping.wait() => Ok(Next::Stop),
+            };
+            let progress = match decided {
                 Ok(p) => {
                     self.stall.send_if_modified(|s| s.take().is_some());
                     self.last_error = None;
@@ -323,9 +330,9 @@ impl Agent {
                 }
             };
             match progress {
-                Progress::Again => {}
-                Progress::Wait => self.wait_for_change().await,
-                Progress::Stop => return self.stop().await,
+                Next::Again => {}
+                Next::Wait => self.wait_for_change().await,
+                Next::Stop => return self.stop().await,
             }
         }
     }
@@ -357,10 +364,10 @@ impl Agent {
         }
     }
 
-    async fn sleep_or_stop(&mut self, d: Duration) -> Progress {
+    async fn sleep_or_stop(&mut self, d: Duration) -> Next {
         tokio::select! {
-            () = tokio::time::sleep(d) => Progress::Again,
-            () = self.shutdown.wait() => Progress::Stop,
+            () = tokio::time::sleep(d) => Next::Again,
+            () = self.shutdown.wait() => Next::Stop,
         }
     }
 
@@ -458,14 +465,14 @@ impl Agent {
         }
     }
 
-    async fn decide_and_act(&mut self) -> anyhow::Result<Progress> {
+    async fn decide_and_act(&mut self) -> anyhow::Result<Next> {
         let node = match &self.node.current {
             Seen::Present(n) => (**n).clone(),
             Seen::Missing => {
                 self.note_wait("node not found");
-                return Ok(Progress::Wait);
+                return Ok(Next::Wait);
             }
-            Seen::Unsynced => return Ok(Progress::Wait),
+            Seen::Unsynced => return Ok(Next::Wait),
         };
         let annotations = node.metadata.annotations.clone().unwrap_or_default();
         // Never guess: a record baton cannot read leaves the node alone until it is fixed (and
@@ -502,7 +509,7 @@ impl Agent {
         self.slots.refresh().await?;
         let Some(judged) = self.slots.judge(wants, now) else {
             // A watch has not synced yet, or a Lease naming this node is being proven ours.
-            return Ok(Progress::Wait);
+            return Ok(Next::Wait);
         };
         self.metrics.reboot_required.set(flag.gauge());
         self.metrics
