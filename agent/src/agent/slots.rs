@@ -843,32 +843,9 @@ mod tests {
         // What the fence protects against: this node still believes it holds the Lease (its
         // keeper has not renewed since), but another node took it.
         let (lease, mut h) = client();
-        let (hold, _hold_rx) = watch::channel(Hold::Written(Instant::now()));
-        let (tenure, tenure_rx) = watch::channel(Tenure::Held);
         let (_tx, rx) = watch::channel(Seen::Unsynced);
-        let (service, _unused) = mock::pair::<Request<Body>, Response<Body>>();
-        let spare = Client::new(service, "ns");
-        let mut slots = Slots {
-            slots: vec![Slot {
-                client: lease,
-                rx,
-                seen: Latest::default(),
-                observer: Observer::new(Instant::now()),
-                holder: None,
-                holder_node: HolderNode::Unknown,
-                not_ready_takeover: true,
-                hold,
-                tenure: Arc::new(tenure),
-                tenure_rx,
-            }],
-            group: 1,
-            slot: 0,
-            me: "me".into(),
-            ttl: TTL,
-            not_ready_limit: Duration::from_secs(60),
-            watch_client: spare,
-            metrics: Metrics::new().unwrap(),
-        };
+        let mut slots = one_slot(lease, rx);
+        slots.slots[0].tenure.send_replace(Tenure::Held);
         let api = async {
             expect(&mut h, "GET", lease_held_by("other")).await;
         };
