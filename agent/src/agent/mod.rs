@@ -541,19 +541,22 @@ impl Agent {
             None
         };
         self.settle_retry_at = settling.is_some().then(|| now + HEALTH_POLL);
-        let unknown_for = [self.flag_unknown_since, self.boot_unknown_since]
-            .into_iter()
-            .flatten()
-            .map(|t| now.duration_since(t))
-            .max()
-            .unwrap_or_default();
+        // How long what the machine reads has been unknown: the flag only when it is unknown
+        // after the manual request is taken into account.
+        let since = |t: Option<Instant>| t.map_or(Duration::ZERO, |t| now.duration_since(t));
+        let flag_unknown_for = if matches!(flag, Flag::Unknown(_)) {
+            since(self.flag_unknown_since)
+        } else {
+            Duration::ZERO
+        };
         let step = machine::next_step(&Observation {
             flag: &flag,
             state: &state,
             node_ready: node::is_ready(&node),
             node_unschedulable: node::is_unschedulable(&node),
             boot_id: boot_id.as_deref(),
-            unknown_for,
+            flag_unknown_for,
+            boot_unknown_for: since(self.boot_unknown_since),
             lease: &judged.view,
             now: SystemTime::now(),
             limits: Limits {
