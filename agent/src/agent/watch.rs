@@ -169,6 +169,20 @@ where
 }
 
 impl<K> Watched<K> {
+    /// A watch whose reports the test sends through `rx`'s sender.
+    #[cfg(test)]
+    pub(super) fn fake(rx: watch::Receiver<Seen<K>>) -> Self {
+        let task = tokio::spawn(async {
+            std::future::pending::<()>().await;
+            ("fake", Ok(()))
+        });
+        Self {
+            rx,
+            task,
+            what: "fake",
+        }
+    }
+
     /// An error once the watch task has ended (it never ends by itself): the agent exits, as
     /// for any supervised task.
     pub(super) fn check(&self) -> anyhow::Result<()> {
