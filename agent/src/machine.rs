@@ -281,10 +281,13 @@ impl AbortReason {
         !matches!(self, AbortReason::FlagCleared | AbortReason::DryRun)
     }
 
-    /// Whether the next cycle waits for `--drain-failure-backoff` (a retry at once would fail
-    /// the same way).
+    /// Whether the next cycle waits for `--drain-failure-backoff`: a retry at once would fail
+    /// the same way, or (a lost Lease) would cut in front of the nodes waiting for it.
     pub fn backs_off(self) -> bool {
-        matches!(self, AbortReason::DrainFailed | AbortReason::Stalled)
+        matches!(
+            self,
+            AbortReason::DrainFailed | AbortReason::Stalled | AbortReason::LeaseLost
+        )
     }
 }
 
@@ -652,6 +655,9 @@ mod tests {
         let pending = r.with(|g| g.state.triggered_at = Some(t(900)));
         assert_eq!(stalled(pending).step(), Step::Wait(Wait::RebootPending));
         assert!(AbortReason::Stalled.backs_off() && AbortReason::Stalled.is_warning());
+        // A node that lost its Lease mid-drain goes behind the nodes that waited for it.
+        assert!(AbortReason::LeaseLost.backs_off());
+        assert!(!AbortReason::FlagCleared.backs_off());
     }
 
     #[test]

@@ -157,7 +157,14 @@ async fn a_lease_deleted_mid_drain_stops_the_drain_before_another_node_starts() 
     let (client, names, mut nodes) = stuck_draining(cluster, ns, &["--drain-timeout=10m"]).await;
     let rec = record(&client, ns);
     flag_and_start(&mut nodes[1..]);
-    nodes[1].wait_ready(SETTLE).await.unwrap();
+    // Node 2 waits for the Lease: it watches it, so it knows the last holder. (An agent that
+    // starts watching at the very moment of the deletion has none to wait for: see the README.)
+    let waits = format!("the lease is held by {}", names[0]);
+    wait_for("node 2 to wait for the lease", SETTLE, || async {
+        Ok(nodes[1].log().contains(&waits).then_some(()))
+    })
+    .await
+    .unwrap();
     // Someone deletes the Lease by hand while node 1 drains and node 2 waits for it.
     Api::<Lease>::namespaced(client.clone(), ns)
         .delete("baton", &DeleteParams::default())

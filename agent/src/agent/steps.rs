@@ -452,7 +452,9 @@ impl Agent {
                 state.reboot_attempts
             ),
             AbortReason::LeaseLost => {
-                format!("the lease was lost before the reboot; maintenance stopped; {done}")
+                format!(
+                    "the lease was lost before the reboot; maintenance stopped; {done}; next try after {backoff}"
+                )
             }
             AbortReason::FlagCleared => {
                 format!("the maintenance flag cleared; maintenance stopped; {done}")
