@@ -158,13 +158,43 @@ pub fn control_plane_lock_name(lock_name: &str) -> String {
     format!("{lock_name}-control-plane")
 }
 
-/// A stable starting slot for node `me` among `n` slots.
-pub fn start_slot(me: &str, n: usize) -> usize {
+/// FNV-1a over `parts`, then mixed (splitmix64's finalizer: names that differ in their last
+/// character only still spread evenly): stable across processes and releases, unlike std's
+/// hasher.
+fn fnv(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in me.bytes() {
+    for b in parts.iter().flat_map(|p| p.bytes().chain([0])) {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// A stable starting slot for node `me` among `n` slots.
+pub fn start_slot(me: &str, n: usize) -> usize {
+    let h = fnv(&[me]);
     usize::try_from(h % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
+}
+
+/// A node whose starting slot is not the one that just became free holds back this long before
+/// taking it: longer than a watch event takes to reach the other waiting agents, so that a node
+/// whose starting slot it is takes it first and the others see that before they write.
+const TAKE_STEP: Duration = Duration::from_millis(100);
+/// ...plus up to this much, different per node and per release: the nodes that hold back do not
+/// then all write at the same instant either.
+const TAKE_SPREAD: Duration = Duration::from_millis(200);
+
+/// How long node `me` holds back before taking group slot `slot` (of `n`), free at Lease
+/// version `version`: none when it is the node's starting slot (or not a group slot: `slot` ≥
+/// `n`). When every waiting node wrote at once, all but one write were refused (409) and each
+/// refusal read the Lease again: a hand-off cost two requests per waiting node.
+pub fn take_delay(me: &str, slot: usize, n: usize, version: &str) -> Duration {
+    if slot >= n || slot == start_slot(me, n) {
+        return Duration::ZERO;
+    }
+    let permille = u32::try_from(fnv(&[me, version]) % 1000).unwrap_or(0);
+    TAKE_STEP + TAKE_SPREAD * permille / 1000
 }
 
 /// The parts of a Lease that matter for the decision.
@@ -899,6 +929,38 @@ mod tests {
         assert_eq!(pick_slot(&[held(false), held(false)], 1), 0);
         assert!(start_slot("node-a", 3) < 3);
         assert_eq!(start_slot("node-a", 1), 0);
+    }
+
+    #[test]
+    fn only_the_nodes_starting_at_a_freed_slot_take_it_at_once() {
+        let n = 10;
+        let nodes: Vec<String> = (0..200).map(|i| format!("node-{i}")).collect();
+        let delays = |slot: usize, version: &str| -> Vec<Duration> {
+            nodes
+                .iter()
+                .map(|m| take_delay(m, slot, n, version))
+                .collect()
+        };
+        let at_once = |d: &[Duration]| d.iter().filter(|d| d.is_zero()).count();
+        // About one node in n goes at once; the others hold back, each by its own amount.
+        let d = delays(3, "41");
+        assert!((5..=40).contains(&at_once(&d)), "{}", at_once(&d));
+        for x in d.iter().filter(|d| !d.is_zero()) {
+            assert!((TAKE_STEP..=TAKE_STEP + TAKE_SPREAD).contains(x), "{x:?}");
+        }
+        let mut distinct = d.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(
+            distinct.len() > 50,
+            "the spread is too coarse: {}",
+            distinct.len()
+        );
+        // The order among those holding back changes with each release.
+        assert_ne!(d, delays(3, "42"));
+        // One slot, or the control-plane Lease (after the group's): never held back.
+        assert_eq!(take_delay("node-7", 0, 1, "9"), Duration::ZERO);
+        assert_eq!(take_delay("node-7", n, n, "9"), Duration::ZERO);
     }
 
     #[test]

@@ -418,6 +418,24 @@ impl Slots {
             "not taking a lease that is not watched"
         );
         let slot = &mut self.slots[i];
+        let version = slot
+            .seen
+            .current
+            .get()
+            .and_then(|l| l.metadata.resource_version.clone())
+            .unwrap_or_default();
+        let delay = lease::take_delay(&self.me, i, self.group, &version);
+        if let Some(w) = slot.watch.as_mut().filter(|_| !delay.is_zero())
+            && tokio::time::timeout(delay, w.rx.changed()).await.is_ok()
+        {
+            // The Lease changed while this node held back (another node most likely took it):
+            // decide again on what it is now.
+            tracing::debug!(
+                lease = slot.client.name(),
+                "the lease changed before this node took it"
+            );
+            return Ok(false);
+        }
         // The Lease as judged: a deleted one's last record is not what is there now (nothing).
         let judged = if slot.observer.deleted() {
             None

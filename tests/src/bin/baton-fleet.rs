@@ -136,6 +136,14 @@ fn agents_rss() -> (u64, usize) {
     total
 }
 
+/// The 1-minute load average: the figures depend on what else the machine runs.
+fn load1() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// The API server's own metrics: sums of `name` over series whose labels contain all of `with`.
 fn metric_sum(text: &str, name: &str, with: &[&str]) -> f64 {
     text.lines()
@@ -536,7 +544,11 @@ async fn main() -> Result<()> {
     // === Idle: nothing flagged.
     wait_quiet(&cluster).await?;
     let idle_from = Timestamp::now();
-    println!("idling {}s...", args.idle_seconds);
+    println!(
+        "idling {}s (load average {})...",
+        args.idle_seconds,
+        load1()
+    );
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
     let idle_to = Timestamp::now();
     let (idle_rss, idle_agents) = agents_rss();
@@ -593,6 +605,7 @@ async fn main() -> Result<()> {
     );
 
     // === Rollout: flag every node at once.
+    let load_idle = load1();
     let metrics_before = apiserver_metrics(&client).await?;
     let cpu_before = cpu_seconds(apiserver);
     let etcd_cpu_before = cluster.pid("etcd").map_or(0.0, cpu_seconds);
@@ -657,6 +670,7 @@ async fn main() -> Result<()> {
         w.abort();
     }
     let roll_to = Timestamp::now();
+    let load_rolled = load1();
     let cpu = cpu_seconds(apiserver) - cpu_before;
     let etcd_cpu = cluster.pid("etcd").map_or(0.0, cpu_seconds) - etcd_cpu_before;
     let metrics_after = apiserver_metrics(&client).await?;
@@ -823,6 +837,17 @@ async fn main() -> Result<()> {
         all_in.len(),
         all_in.len() as f64 / secs
     );
+    let lease_writes: Vec<&&Request> = rolled
+        .iter()
+        .filter(|r| r.resource == "leases" && matches!(r.verb.as_str(), "create" | "update"))
+        .collect();
+    let conflicts = lease_writes.iter().filter(|r| r.code == Some(409)).count();
+    println!(
+        "  lease writes: {} ({:.1} per node), {conflicts} of them refused with 409 Conflict \
+         (another node wrote first)",
+        lease_writes.len(),
+        lease_writes.len() as f64 / n
+    );
     println!(
         "  lease watches opened: {lease_watches}, {lease_by_name} of them by name (fieldSelector=metadata.name=...)"
     );
@@ -864,6 +889,11 @@ async fn main() -> Result<()> {
         node_events as f64 / n,
         lease_events as f64 * lease_size as f64 / 1024.0 / handoffs.len().max(1) as f64,
         node_events as f64 * node_size as f64 / 1024.0 / n
+    );
+    println!(
+        "load average (1 min): {load_idle} at the end of the idle window, {load_rolled} at the \
+         end of the rollout; {} cores",
+        std::thread::available_parallelism().map_or(0, usize::from)
     );
     println!(
         "fleet: nodes={} concurrency={} overhead_per_node_s={overhead:.3} handoff_p99_s={:.3} \
