@@ -100,9 +100,10 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / USER_HZ
 }
 
-/// The summed resident memory (KiB) and count of the running agents of this fleet.
-fn agents_rss() -> (u64, usize) {
-    let mut total = (0, 0);
+/// The running agents of this fleet: their summed resident memory (KiB), and each one's PID
+/// and CPU time so far (seconds).
+fn agents() -> (u64, Vec<(u32, f64)>) {
+    let mut total = (0, Vec::new());
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return total;
     };
@@ -130,10 +131,23 @@ fn agents_rss() -> (u64, usize) {
                     .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
             })
             .unwrap_or(0);
+        let Some(pid) = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
         total.0 += rss;
-        total.1 += 1;
+        total.1.push((pid, cpu_seconds(pid)));
     }
     total
+}
+
+/// The summed resident memory (KiB) and count of the running agents of this fleet.
+fn agents_rss() -> (u64, usize) {
+    let (rss, running) = agents();
+    (rss, running.len())
 }
 
 /// The 1-minute load average: the figures depend on what else the machine runs.
@@ -623,22 +637,38 @@ async fn main() -> Result<()> {
     let flagged_in = t0.elapsed();
     let deadline = t0 + args.timeout;
     let peak_rss = Arc::new(Mutex::new((0u64, 0usize)));
+    // Each agent process's CPU time: (at its first sample, at its last).
+    let agent_cpu: Arc<Mutex<HashMap<u32, (f64, f64)>>> = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
-        let (peak, done) = (peak_rss.clone(), done.clone());
+        let (peak, cpu, done) = (peak_rss.clone(), agent_cpu.clone(), done.clone());
+        let first = agents().1;
         tokio::spawn(async move {
+            for (pid, t) in first {
+                cpu.lock().unwrap().insert(pid, (t, t));
+            }
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let now = agents_rss();
+                let (rss, running) = agents();
                 {
                     let mut p = peak.lock().unwrap();
-                    if now.0 > p.0 {
-                        *p = now;
+                    if rss > p.0 {
+                        *p = (rss, running.len());
+                    }
+                    let mut c = cpu.lock().unwrap();
+                    for (pid, t) in running {
+                        // An agent started during the rollout counts from zero.
+                        c.entry(pid).or_insert((0.0, t)).1 = t;
                     }
                 }
                 tokio::time::sleep(RSS_SAMPLE).await;
             }
         })
     };
+    let others_before: Vec<(&str, f64)> = ["kwok", "kube-controller-manager", "kube-scheduler"]
+        .into_iter()
+        .map(|c| (c, cluster.pid(c).map_or(0.0, cpu_seconds)))
+        .collect();
+    let harness_before = cpu_seconds(std::process::id());
     let reboots: Vec<Result<Reboot>> = futures::future::join_all(
         nodes
             .iter_mut()
@@ -672,6 +702,17 @@ async fn main() -> Result<()> {
     let roll_to = Timestamp::now();
     let load_rolled = load1();
     let cpu = cpu_seconds(apiserver) - cpu_before;
+    let others: Vec<(&str, f64)> = others_before
+        .iter()
+        .map(|(c, before)| (*c, cluster.pid(c).map_or(0.0, cpu_seconds) - before))
+        .collect();
+    let harness_cpu = cpu_seconds(std::process::id()) - harness_before;
+    let agents_cpu: f64 = agent_cpu
+        .lock()
+        .unwrap()
+        .values()
+        .map(|(first, last)| last - first)
+        .sum();
     let etcd_cpu = cluster.pid("etcd").map_or(0.0, cpu_seconds) - etcd_cpu_before;
     let metrics_after = apiserver_metrics(&client).await?;
     let seen = std::mem::take(&mut *seen.lock().unwrap());
@@ -868,6 +909,20 @@ async fn main() -> Result<()> {
     println!(
         "API server CPU: {cpu:.1}s over {secs:.1}s ({:.0}% of one core); etcd {etcd_cpu:.1}s",
         cpu / secs * 100.0
+    );
+    let all_cpu =
+        cpu + etcd_cpu + agents_cpu + harness_cpu + others.iter().map(|o| o.1).sum::<f64>();
+    println!(
+        "CPU during the rollout, all of this benchmark's processes: {all_cpu:.1}s ({:.2} cores): \
+         API server {cpu:.1}s, etcd {etcd_cpu:.1}s, agents {agents_cpu:.1}s (sampled every \
+         second: an agent's last second before it exits is not counted), {}, harness {harness_cpu:.1}s \
+         (it simulates the reboots)",
+        all_cpu / secs,
+        others
+            .iter()
+            .map(|(c, t)| format!("{c} {t:.1}s"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "API server bytes sent (all clients): Lease watch events {:.0} KiB, Lease responses {:.0} \
