@@ -19,6 +19,7 @@ pub mod lease;
 pub mod machine;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod privilege;
 pub mod reboot;
 pub mod server;

@@ -16,6 +16,7 @@ pub mod real_node;
 pub mod rollout;
 pub mod scenario;
 pub mod wait;
+pub mod webhook;
 
 pub use cluster::{Cluster, shared, shared_audited};
 pub use wait::wait_for;

@@ -1,0 +1,178 @@
+//! Notifications through a real agent cycle against a real control plane: every cycle event
+//! reaches real local webhooks (generic JSON, Slack's and Teams' shapes), and a webhook that is
+//! down or hangs neither delays nor fails the cycle, only counts its failures. The URLs carry a
+//! secret token, which never shows in the agent's log.
+
+use std::time::{Duration, Instant};
+
+use baton_tests::agent::Method;
+use baton_tests::scenario::*;
+use baton_tests::shared;
+use baton_tests::webhook::{Answer, Receiver, down_port};
+
+/// The events a whole cycle notifies, in order.
+const CYCLE: [&str; 4] = ["started", "drained", "rebooting", "completed"];
+
+#[tokio::test]
+async fn every_cycle_event_reaches_json_slack_and_teams_webhooks() {
+    let cluster = shared();
+    let ns = "notify-all";
+    let (client, names) = setup(cluster, ns, 1).await;
+    let hook = Receiver::start(Answer::Ok).await.unwrap();
+    let url = hook.url();
+    let generic = format!("--notify-url={url}/generic/SECRET-TOKEN-1");
+    let slack = format!("--notify-url=slack+{url}/slack/SECRET-TOKEN-2");
+    let teams = format!("--notify-url=teams+{url}/teams/SECRET-TOKEN-3");
+    let mut nodes = sims(
+        cluster,
+        ns,
+        &names,
+        Method::Command,
+        &[
+            &generic,
+            &slack,
+            &teams,
+            // kured's name and placeholder.
+            "--message-template-drain=Draining node %s",
+        ],
+    );
+    flag_and_start(&mut nodes);
+    roll(cluster, &client, ns, &names, &mut nodes).await;
+    // The restarted agent says the reboot completed, to each webhook.
+    nodes[0]
+        .wait_metric("baton_notifications_total{outcome=\"sent\"}", SETTLE, |v| {
+            v >= 3.0
+        })
+        .await
+        .unwrap();
+    let node = names[0].as_str();
+
+    let generic = hook.to("/generic/SECRET-TOKEN-1");
+    let events: Vec<String> = generic
+        .iter()
+        .map(|r| r.json()["event"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(events, CYCLE, "{generic:#?}");
+    let reasons: Vec<String> = generic
+        .iter()
+        .map(|r| r.json()["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "MaintenanceStarted",
+            "Drained",
+            "Rebooting",
+            "RebootCompleted"
+        ]
+    );
+    for r in &generic {
+        let j = r.json();
+        assert_eq!(r.content_type.as_deref(), Some("application/json"));
+        assert_eq!(j["source"], "baton");
+        assert_eq!(j["node"], node);
+        assert_eq!(j["warning"], false);
+        assert!(j["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{j}");
+        assert!(!j["message"].as_str().unwrap_or_default().is_empty(), "{j}");
+    }
+    assert_eq!(generic[0].json()["text"], format!("Draining node {node}"));
+    let last = generic[3].json();
+    assert_eq!(
+        last["text"],
+        format!(
+            "{node}: rebooted and back ({})",
+            last["message"].as_str().unwrap()
+        )
+    );
+
+    // Slack: its incoming-webhook shape, {"text": ...}, nothing else.
+    let slack = hook.to("/slack/");
+    assert_eq!(slack.len(), CYCLE.len(), "{slack:#?}");
+    assert_eq!(
+        slack[0].json(),
+        serde_json::json!({"text": format!("Draining node {node}")})
+    );
+    assert!(
+        slack[2].json()["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&format!("{node}: rebooting ("))),
+        "{:?}",
+        slack[2]
+    );
+
+    // Teams: a message with an Adaptive Card, the facts naming node and event.
+    let teams = hook.to("/teams/");
+    let teams_events: Vec<String> = teams
+        .iter()
+        .map(|r| {
+            let card = &r.json()["attachments"][0];
+            assert_eq!(
+                card["contentType"],
+                "application/vnd.microsoft.card.adaptive"
+            );
+            assert_eq!(card["content"]["type"], "AdaptiveCard");
+            let facts = &card["content"]["body"][1]["facts"];
+            assert_eq!(facts[0]["value"], node);
+            facts[1]["value"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(teams_events, CYCLE);
+
+    // The URLs' tokens never reach the log; their scheme and host do.
+    let log = nodes[0].log();
+    assert!(!log.contains("SECRET-TOKEN"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "slack+http://127.0.0.1:{}/…",
+            url.rsplit(':').next().unwrap()
+        )),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_that_is_down_or_hangs_never_delays_the_cycle() {
+    let cluster = shared();
+    let ns = "notify-down";
+    let (client, names) = setup(cluster, ns, 1).await;
+    let hangs = Receiver::start(Answer::Hang).await.unwrap();
+    let down = down_port().unwrap();
+    let hanging = format!("--notify-url={}/hang/SECRET-TOKEN-4", hangs.url());
+    let refused = format!("--notify-url=http://127.0.0.1:{down}/down/SECRET-TOKEN-5");
+    // Each attempt may take a minute: a delivery that held the cycle up would cost at least
+    // that, per event.
+    let mut nodes = sims(
+        cluster,
+        ns,
+        &names,
+        Method::Command,
+        &[&hanging, &refused, "--notify-timeout=60s"],
+    );
+    let started = Instant::now();
+    flag_and_start(&mut nodes);
+    roll(cluster, &client, ns, &names, &mut nodes).await;
+    let took = started.elapsed();
+    // A whole cycle here takes seconds (the stop before the reboot waits at most 3 s for the
+    // queue); one blocked delivery alone would take 60 s.
+    assert!(took < Duration::from_secs(45), "the cycle took {took:?}");
+    assert!(
+        !hangs.to("/hang/").is_empty(),
+        "the hanging webhook was asked during the cycle"
+    );
+    // The restarted agent's `completed` fails at the webhook that is down, after its retries.
+    nodes[0]
+        .wait_metric(
+            "baton_notifications_total{outcome=\"failed\"}",
+            SETTLE,
+            |v| v >= 1.0,
+        )
+        .await
+        .unwrap();
+    let log = nodes[0].log();
+    assert!(!log.contains("SECRET-TOKEN"), "{log}");
+    assert!(
+        log.contains(&format!("json+http://127.0.0.1:{down}/…"))
+            && log.contains("could not deliver a notification"),
+        "{log}"
+    );
+}
