@@ -1,6 +1,7 @@
 //! Notifications through a real agent cycle against a real control plane: every cycle event
-//! reaches real local webhooks (generic JSON, Slack's and Teams' shapes), and a webhook that is
-//! down or hangs neither delays nor fails the cycle, only counts its failures. The URLs carry a
+//! reaches real local webhooks (generic JSON, Slack's and Teams' shapes) — a whole cycle, a drain
+//! that fails, a reboot loop baton gives up on — and a webhook that is down or hangs neither
+//! delays nor fails the cycle, only counts its failures. The URLs carry a
 //! secret token, which never shows in the agent's log.
 
 use std::time::{Duration, Instant};
@@ -174,5 +175,110 @@ async fn a_webhook_that_is_down_or_hangs_never_delays_the_cycle() {
         log.contains(&format!("json+http://127.0.0.1:{down}/…"))
             && log.contains("could not deliver a notification"),
         "{log}"
+    );
+}
+
+/// The receiver's notifications of `event`, once there is one.
+async fn wait_event(hook: &Receiver, event: &str) -> Vec<serde_json::Value> {
+    baton_tests::wait_for(&format!("a {event:?} notification"), SETTLE, || async {
+        let got: Vec<serde_json::Value> = hook
+            .requests()
+            .iter()
+            .map(|r| r.json())
+            .filter(|j| j["event"] == event)
+            .collect();
+        Ok((!got.is_empty()).then_some(got))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_failed_drain_is_notified_as_failed() {
+    let cluster = shared();
+    let ns = "notify-failed";
+    let hook = Receiver::start(Answer::Ok).await.unwrap();
+    let url = format!("--notify-url={}/failed/SECRET-TOKEN-6", hook.url());
+    // Node 1's only pod has a PodDisruptionBudget that allows no eviction: its drain times out.
+    let (_client, names, nodes) = stuck_draining(cluster, ns, &["--drain-timeout=3s", &url]).await;
+    let failed = wait_event(&hook, "failed").await;
+    let j = &failed[0];
+    assert_eq!(j["node"], names[0]);
+    assert_eq!(j["reason"], "DrainFailed");
+    assert_eq!(j["warning"], true);
+    assert!(
+        j["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("disruption budget")),
+        "{j}"
+    );
+    assert!(
+        j["text"].as_str().is_some_and(
+            |t| t.starts_with(&format!("{}: maintenance failed, DrainFailed (", names[0]))
+        ),
+        "{j}"
+    );
+    // It came after the cycle's start, and no reboot was announced.
+    let events: Vec<String> = hook
+        .requests()
+        .iter()
+        .map(|r| r.json()["event"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        events.first().map(String::as_str),
+        Some("started"),
+        "{events:?}"
+    );
+    assert!(!events.iter().any(|e| e == "rebooting"), "{events:?}");
+    assert!(!nodes[0].log().contains("SECRET-TOKEN"));
+}
+
+#[tokio::test]
+async fn a_reboot_that_leaves_the_flag_set_is_notified_as_gave_up() {
+    let cluster = shared();
+    let ns = "notify-gave-up";
+    let (client, names) = setup(cluster, ns, 1).await;
+    let hook = Receiver::start(Answer::Ok).await.unwrap();
+    let url = format!("--notify-url=teams+{}/gave-up/SECRET-TOKEN-7", hook.url());
+    let generic = format!("--notify-url={}/json/SECRET-TOKEN-8", hook.url());
+    // A sentinel the simulated reboot does not clear (it empties the node's own folder): the
+    // flag is still set after the reboot, and with one attempt allowed, baton gives up.
+    let sentinel_dir = tempfile::tempdir().unwrap();
+    let sentinel = sentinel_dir.path().join("reboot-required");
+    std::fs::write(&sentinel, "").unwrap();
+    let persisting = format!("--reboot-sentinel={}", sentinel.display());
+    let mut nodes = sims(
+        cluster,
+        ns,
+        &names,
+        Method::Command,
+        &[&url, &generic, "--max-reboot-attempts=1", &persisting],
+    );
+    nodes[0].start().unwrap();
+    baton_tests::rollout::drive(cluster, &client, &mut nodes, 1, ROLLOUT)
+        .await
+        .unwrap();
+    let gave_up = wait_event(&hook, "gave-up").await;
+    assert_eq!(gave_up[0]["node"], names[0]);
+    assert_eq!(gave_up[0]["reason"], "RebootLoopStopped");
+    assert_eq!(gave_up[0]["warning"], true);
+    // Teams' card says it too, in red.
+    let card = baton_tests::wait_for("the Teams card of gave-up", SETTLE, || async {
+        Ok(hook
+            .to("/gave-up/")
+            .into_iter()
+            .map(|r| r.json())
+            .find(|j| j["attachments"][0]["content"]["body"][1]["facts"][1]["value"] == "gave-up"))
+    })
+    .await
+    .unwrap();
+    let body = &card["attachments"][0]["content"]["body"];
+    assert_eq!(body[0]["color"], "Attention");
+    assert_eq!(body[1]["facts"][2]["value"], "RebootLoopStopped");
+    assert!(
+        body[0]["text"].as_str().is_some_and(
+            |t| t.starts_with(&format!("{}: baton gave up, RebootLoopStopped", names[0]))
+        ),
+        "{card}"
     );
 }
