@@ -119,6 +119,11 @@ async fn every_cycle_event_reaches_json_slack_and_teams_webhooks() {
         .collect();
     assert_eq!(teams_events, CYCLE);
 
+    // The README shows these (`-- --nocapture`).
+    for r in [&generic[3], &slack[3], &teams[3]] {
+        println!("{} {}", r.path, r.body);
+    }
+
     // The URLs' tokens never reach the log; their scheme and host do.
     let log = nodes[0].log();
     assert!(!log.contains("SECRET-TOKEN"), "{log}");
