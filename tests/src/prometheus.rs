@@ -49,7 +49,7 @@ fn binary() -> Result<PathBuf> {
         .map_or_else(|| PathBuf::from("/usr/bin/prometheus"), PathBuf::from);
     if !path.exists() {
         bail!(
-            "no Prometheus at {}: install Debian's `prometheus` package (.ci/run does) or set BATON_PROMETHEUS_BIN",
+            "no Prometheus at {}: install Debian's `prometheus` package (tests/setup.sh does) or set BATON_PROMETHEUS_BIN",
             path.display()
         );
     }
