@@ -532,18 +532,6 @@ impl PostError {
     }
 }
 
-/// `e` and its sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    s
-}
-
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One URL's queue.
@@ -757,7 +745,7 @@ async fn post(
         let resp = client
             .request(req)
             .await
-            .map_err(|e| PostError::Unreachable(chain(&e)))?;
+            .map_err(|e| PostError::Unreachable(crate::text::error_chain(&e)))?;
         let status = resp.status();
         // Read the answer, so the connection can be reused; its content does not matter.
         let _ = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
