@@ -52,6 +52,11 @@ pub struct Metrics {
     /// 1 while baton refuses to reboot again: reboots did not clear the flag, or triggers did
     /// not reboot the host (`--max-reboot-attempts`).
     pub reboot_loop_stopped: IntGauge,
+    /// 1 for each Lease (slot) this node holds, by name: who holds which slot, for dashboards
+    /// (names are bounded by --concurrency and the groups).
+    pub lease_held: IntGaugeVec,
+    /// The Leases `lease_held` shows.
+    leases_shown: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// Notifications by outcome (`sent`, `failed` after every retry, `dropped` from a full
     /// queue); no per-URL label: URLs are secrets.
     pub notifications: IntCounterVec,
@@ -123,6 +128,14 @@ impl Metrics {
                 "baton_reboot_loop_stopped",
                 "1 while baton refuses to reboot again (--max-reboot-attempts reached)",
             )?,
+            leases_shown: Default::default(),
+            lease_held: IntGaugeVec::new(
+                Opts::new(
+                    "baton_lease_held",
+                    "1 for each Lease (slot) this node holds, by name",
+                ),
+                &["lease"],
+            )?,
             notifications: IntCounterVec::new(
                 Opts::new(
                     "baton_notifications_total",
@@ -148,6 +161,7 @@ impl Metrics {
         r.register(Box::new(m.in_window.clone()))?;
         r.register(Box::new(m.blocked.clone()))?;
         r.register(Box::new(m.reboot_loop_stopped.clone()))?;
+        r.register(Box::new(m.lease_held.clone()))?;
         r.register(Box::new(m.notifications.clone()))?;
         r.register(Box::new(m.ready.clone()))?;
         for scope in ["node", "cluster"] {
@@ -178,6 +192,19 @@ impl Metrics {
                 .with_label_values(&[p.as_str()])
                 .set(i64::from(p == phase));
         }
+    }
+
+    /// Exactly the Leases in `held` show as held (the others' series are removed, never all
+    /// at once: a scrape meanwhile sees no gap).
+    pub fn set_leases_held(&self, held: &[&str]) {
+        let mut shown = self.leases_shown.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in shown.iter().filter(|l| !held.contains(&l.as_str())) {
+            let _ = self.lease_held.remove_label_values(&[gone]);
+        }
+        for lease in held {
+            self.lease_held.with_label_values(&[lease]).set(1);
+        }
+        *shown = held.iter().map(|l| (*l).to_owned()).collect();
     }
 
     /// The text exposition of every metric.
@@ -219,5 +246,21 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("baton_"), "{line}");
         }
+    }
+
+    #[test]
+    fn only_the_leases_held_now_show() {
+        let m = Metrics::new().unwrap();
+        m.set_leases_held(&["baton", "baton-control-plane"]);
+        m.set_leases_held(&["baton-1"]);
+        let text = m.render();
+        assert!(
+            text.contains("baton_lease_held{lease=\"baton-1\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("lease=\"baton\""), "{text}");
+        assert!(!text.contains("baton-control-plane"), "{text}");
+        m.set_leases_held(&[]);
+        assert!(!m.render().contains("baton_lease_held{"));
     }
 }

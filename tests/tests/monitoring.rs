@@ -323,14 +323,14 @@ async fn a_real_prometheus_scraping_real_agents_fires_the_alert_of_a_drain_stuck
             .unwrap_or_else(|| panic!("no panel {title:?}"))
     };
     let holders = prometheus
-        .query(&panel("Who holds the baton"))
+        .query(&panel("Who holds each slot"))
         .await
         .unwrap();
-    let holders: Vec<(&str, &str)> = holders
+    let holders: Vec<(&str, &str, &str)> = holders
         .iter()
-        .map(|(l, _)| (l["node"].as_str(), l["phase"].as_str()))
+        .map(|(l, _)| (l["lease"].as_str(), l["node"].as_str(), l["phase"].as_str()))
         .collect();
-    assert_eq!(holders, [(names[0].as_str(), "draining")]);
+    assert_eq!(holders, [("baton", names[0].as_str(), "draining")]);
     for (title, want) in [
         ("In a cycle", 1.0),
         ("Flagged nodes", 1.0),

@@ -537,6 +537,7 @@ impl Agent {
         self.metrics
             .lock_held
             .set(i64::from(judged.view == LeaseView::Mine));
+        self.metrics.set_leases_held(&self.slots.held_names());
         self.metrics.set_phase(state.phase);
 
         let mut gate = self.gates.paused(&annotations);
