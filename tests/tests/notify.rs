@@ -159,8 +159,9 @@ async fn a_webhook_that_is_down_or_hangs_never_delays_the_cycle() {
     roll(cluster, &client, ns, &names, &mut nodes).await;
     let took = started.elapsed();
     // A whole cycle here takes seconds (the stop before the reboot waits at most 3 s for the
-    // queue); one blocked delivery alone would take 60 s.
-    assert!(took < Duration::from_secs(45), "the cycle took {took:?}");
+    // queue); a cycle that waited for the hanging webhook would spend three 60 s attempts on its
+    // first notification alone. The bound sits well between, for a loaded machine.
+    assert!(took < Duration::from_secs(120), "the cycle took {took:?}");
     assert!(
         !hangs.to("/hang/").is_empty(),
         "the hanging webhook was asked during the cycle"
