@@ -5,14 +5,13 @@
 //! node's agent's own writes pass, the admission policies refuse the rest (README, "Threat
 //! model"), and what nothing can refuse is shown for what it is.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use baton_tests::agent::{Method, SimNode};
 use baton_tests::observe::Recorder;
+use baton_tests::process::output_of as run;
 use baton_tests::rollout::{drive, wait_idle};
 use baton_tests::{Cluster, fixtures, shared, wait_for};
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -78,30 +77,6 @@ fn kind<'a>(objects: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Val
 
 fn chart() -> String {
     manifests("helm/baton").display().to_string()
-}
-
-fn run(mut cmd: std::process::Command, args: &[&str], stdin: Option<&str>) -> String {
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let cmd = format!("{:?} {args:?}", cmd.get_program());
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Applies `manifests/` (the `command` variant) once per test binary, after a server-side dry run

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 
+use baton_tests::process::output_of as run;
 use baton_tests::prometheus::Prometheus;
 use baton_tests::scenario::*;
 use baton_tests::{Cluster, shared, wait_for};
@@ -49,16 +50,6 @@ fn promtool(args: &[&str]) -> String {
     );
     assert!(out.status.success(), "promtool {args:?}:\n{text}");
     text
-}
-
-fn run(mut cmd: Command, args: &[&str]) -> String {
-    let out = cmd.args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The text under `spec:` in a YAML document, moved two columns left.
@@ -152,6 +143,7 @@ fn the_rules_pass_promtool_and_kustomize_and_the_chart_ship_the_same() {
     let kustomized = run(
         cluster.kubectl(),
         &["kustomize", repo("manifests/monitoring").to_str().unwrap()],
+        None,
     );
     let chart = repo("manifests/helm/baton");
     let rendered = run(
@@ -169,6 +161,7 @@ fn the_rules_pass_promtool_and_kustomize_and_the_chart_ship_the_same() {
             "--set",
             "serviceMonitor.enabled=true",
         ],
+        None,
     );
     assert_eq!(
         spec_of(doc(&rendered, "PrometheusRule")).trim(),
@@ -176,10 +169,10 @@ fn the_rules_pass_promtool_and_kustomize_and_the_chart_ship_the_same() {
     );
     for yaml in [&kustomized, &rendered] {
         let config_map = doc(yaml, "ConfigMap");
-        let json = run_with_stdin(
+        let json = run(
             cluster.kubectl(),
             &["create", "--dry-run=client", "-o", "json", "-f", "-"],
-            config_map,
+            Some(config_map),
         );
         let cm: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(cm["data"]["baton.json"], read(DASHBOARD));
@@ -215,31 +208,6 @@ fn the_rules_pass_promtool_and_kustomize_and_the_chart_ship_the_same() {
             );
         }
     }
-}
-
-fn run_with_stdin(mut cmd: Command, args: &[&str], input: &str) -> String {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = cmd
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The shipped rules with every `for:` set to `for`: the one templating step of the e2e test.
