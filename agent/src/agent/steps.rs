@@ -2,7 +2,7 @@
 //! the Node in one PATCH together with the cordon change it goes with, so an agent killed between
 //! any two calls resumes from a consistent record.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow};
 use k8s_openapi::api::core::v1::Node;
@@ -166,13 +166,12 @@ impl Agent {
     /// is cancelled the moment it says anything else. This step starts it, or takes its result.
     async fn drain(&mut self, cx: &Subject<'_>) -> anyhow::Result<Next> {
         let Some(run) = self.drain.as_mut() else {
-            let since = node::time_of(cx.node, node::PHASE_SINCE);
-            if let Some(left) = delay_left(since, SystemTime::now(), self.args.drain_delay) {
-                self.note_wait(&format!(
-                    "--drain-delay: draining {} after the cordon",
-                    node::human(self.args.drain_delay)
-                ));
-                self.wake_at = Some(Instant::now() + left);
+            if self.delayed(
+                cx,
+                self.args.drain_delay,
+                "--drain-delay: draining",
+                "the cordon",
+            ) {
                 return Ok(Next::Wait);
             }
             self.events(cx.node)
@@ -270,19 +269,30 @@ impl Agent {
         }
     }
 
+    /// Whether `delay`, counted from the current phase's start, is still running; if so, says
+    /// so (`{what} <delay> after {after}`) and wakes the loop when it ends.
+    fn delayed(&mut self, cx: &Subject<'_>, delay: Duration, what: &str, after: &str) -> bool {
+        let since = node::time_of(cx.node, node::PHASE_SINCE);
+        let Some(left) = delay_left(since, SystemTime::now(), delay) else {
+            return false;
+        };
+        self.note_wait(&format!("{what} {} after {after}", node::human(delay)));
+        self.wake_at = Some(Instant::now() + left);
+        true
+    }
+
     async fn reboot(&mut self, cx: &Subject<'_>) -> anyhow::Result<Next> {
         // --reboot-delay counts from the drain's end (when the phase became rebooting), before
         // the first trigger only; the check below that the node is drained comes after it.
-        if !cx.state.triggered() {
-            let since = node::time_of(cx.node, node::PHASE_SINCE);
-            if let Some(left) = delay_left(since, SystemTime::now(), self.args.reboot_delay) {
-                self.note_wait(&format!(
-                    "--reboot-delay: rebooting {} after the drain",
-                    node::human(self.args.reboot_delay)
-                ));
-                self.wake_at = Some(Instant::now() + left);
-                return Ok(Next::Wait);
-            }
+        if !cx.state.triggered()
+            && self.delayed(
+                cx,
+                self.args.reboot_delay,
+                "--reboot-delay: rebooting",
+                "the drain",
+            )
+        {
+            return Ok(Next::Wait);
         }
         // "Rebooting" is a record, not proof: before the first trigger, the node's own pods say
         // whether it is drained. If not, drain (again).
@@ -656,7 +666,6 @@ fn phase_age(node: &Node) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_delay_counts_from_the_phase_start_once() {
