@@ -1234,7 +1234,7 @@ async fn a_failed_cycle_ends_with_the_post_reboot_labels() {
     let pre = format!("--pre-reboot-node-labels={key}=true");
     let post = format!("--post-reboot-node-labels={key}=false");
     let (client, names, nodes) =
-        stuck_draining(cluster, ns, &["--drain-timeout=3s", &pre, &post]).await;
+        stuck_draining(cluster, ns, &["--drain-timeout=8s", &pre, &post]).await;
     let api: Api<Node> = Api::all(client.clone());
     let label = |n: &Node| n.metadata.labels.as_ref().and_then(|l| l.get(key).cloned());
     assert_eq!(

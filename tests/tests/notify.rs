@@ -206,7 +206,7 @@ async fn a_failed_drain_is_notified_as_failed() {
     let hook = Receiver::start(Answer::Ok).await.unwrap();
     let url = format!("--notify-url={}/failed/SECRET-TOKEN-6", hook.url());
     // Node 1's only pod has a PodDisruptionBudget that allows no eviction: its drain times out.
-    let (_client, names, nodes) = stuck_draining(cluster, ns, &["--drain-timeout=3s", &url]).await;
+    let (_client, names, nodes) = stuck_draining(cluster, ns, &["--drain-timeout=5s", &url]).await;
     let failed = wait_event(&hook, "failed").await;
     let j = &failed[0];
     assert_eq!(j["node"], names[0]);
