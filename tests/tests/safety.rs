@@ -171,8 +171,9 @@ async fn a_lease_deleted_mid_drain_stops_the_drain_before_another_node_starts() 
         .await
         .unwrap();
     // Node 1 stops its drain and uncordons; only then may node 2 start.
+    // (Started: draining, or already past it: its drain has nothing to evict.)
     wait_for("node 2 to start", SETTLE, || async {
-        Ok((phase(&node(&client, &names[1]).await).as_deref() == Some("draining")).then_some(()))
+        Ok(phase(&node(&client, &names[1]).await).map(|_| ()))
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", nodes[0].log(), nodes[1].log()));
