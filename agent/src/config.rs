@@ -33,6 +33,28 @@ pub enum Command {
     /// Cordon and drain one node now, like `kubectl drain`, with baton's drain engine.
     #[command(args_override_self = true)]
     Drain(Box<DrainCommand>),
+    /// Show baton's state across the cluster: slots, queue, drains, history, pause, agents
+    /// (read-only).
+    #[command(args_override_self = true)]
+    Status(Box<StatusArgs>),
+    /// Pause every node: create the pause ConfigMap (cycles under way finish).
+    #[command(args_override_self = true)]
+    Pause(PauseArgs),
+    /// Lift the cluster-wide pause: delete the pause ConfigMap.
+    #[command(args_override_self = true)]
+    Resume(SwitchArgs),
+    /// Request a reboot of NODE (the `baton.dev/reboot-requested` annotation).
+    #[command(args_override_self = true)]
+    Request(NodeReasonArgs),
+    /// Withdraw the reboot request of NODE.
+    #[command(args_override_self = true)]
+    Cancel(NodeArgs),
+    /// Pause NODE: no new cycle starts there (the `baton.dev/pause` annotation).
+    #[command(args_override_self = true)]
+    PauseNode(NodeReasonArgs),
+    /// Lift the pause of NODE.
+    #[command(args_override_self = true)]
+    ResumeNode(NodeArgs),
 }
 
 /// How the host is rebooted.
@@ -310,6 +332,149 @@ pub struct DrainCommand {
     #[arg(long, env = "BATON_API_TIMEOUT", default_value = "30s",
           value_parser = duration_in(POSITIVE, MAX_API_TIMEOUT), allow_hyphen_values = true)]
     pub api_timeout: Duration,
+}
+
+/// Where the operator's commands find baton, and how long each API request may take.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// baton's namespace: its Leases, its pause ConfigMap and its agents (the agents'
+    /// --lock-namespace).
+    #[arg(short = 'n', long, env = "BATON_LOCK_NAMESPACE", alias = "lock-namespace",
+          default_value = "baton-system", value_parser = parse_dns_label)]
+    pub namespace: String,
+
+    /// Timeout of each Kubernetes API request (watches excepted).
+    #[arg(long, env = "BATON_API_TIMEOUT", default_value = "30s",
+          value_parser = duration_in(POSITIVE, MAX_API_TIMEOUT), allow_hyphen_values = true)]
+    pub api_timeout: Duration,
+}
+
+/// The output format of `baton status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// For people.
+    Text,
+    /// For scripts: the documented `baton.dev/status/v1` schema.
+    Json,
+}
+
+/// When to colour text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Colour {
+    /// On a terminal, unless `NO_COLOR` is set.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// `baton status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Where baton runs.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// The agents' --lock-name: the Leases `<lock-name>`, `<lock-name>-1`, ... are the slots.
+    #[arg(long, env = "BATON_LOCK_NAME", default_value = "baton", value_parser = parse_dns_subdomain)]
+    pub lock_name: String,
+
+    /// The agents' --pause-configmap.
+    #[arg(long, env = "BATON_PAUSE_CONFIGMAP", default_value = "baton-pause",
+          value_parser = parse_dns_subdomain)]
+    pub pause_configmap: String,
+
+    /// The agents' --max-reboot-attempts: a node whose flag survived this many reboots in a row
+    /// has given up.
+    #[arg(long, env = "BATON_MAX_REBOOT_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_reboot_attempts: u32,
+
+    /// Label selector of the agents' pods, in the namespace.
+    #[arg(long, env = "BATON_AGENT_SELECTOR", default_value = "app.kubernetes.io/name=baton",
+          value_parser = parse_selector)]
+    pub agent_selector: String,
+
+    /// Only Nodes matching this label selector (default: every Node).
+    #[arg(short = 'l', long, env = "BATON_NODE_SELECTOR", value_parser = parse_selector)]
+    pub selector: Option<String>,
+
+    /// `text`, or `json` (one document; with --watch, one per line).
+    #[arg(
+        short = 'o',
+        long,
+        env = "BATON_OUTPUT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub output: Output,
+
+    /// Follow: print again whenever something changes (watches, no polling).
+    #[arg(short = 'w', long, env = "BATON_WATCH")]
+    pub watch: bool,
+
+    /// Colour the text: `auto` (on a terminal, unless NO_COLOR is set), `always`, `never`.
+    #[arg(long, env = "BATON_COLOR", value_enum, default_value = "auto")]
+    pub color: Colour,
+}
+
+/// Where the pause ConfigMap is: `baton resume`, and part of `baton pause`.
+#[derive(Debug, Clone, Args)]
+pub struct SwitchArgs {
+    /// Where baton runs.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// The agents' --pause-configmap.
+    #[arg(long, env = "BATON_PAUSE_CONFIGMAP", default_value = "baton-pause",
+          value_parser = parse_dns_subdomain)]
+    pub pause_configmap: String,
+}
+
+/// `baton pause`.
+#[derive(Debug, Clone, Args)]
+pub struct PauseArgs {
+    /// The pause ConfigMap.
+    #[command(flatten)]
+    pub switch: SwitchArgs,
+
+    /// Why (the ConfigMap's `reason`; agents repeat it in `baton.dev/waiting`).
+    #[arg(long, env = "BATON_REASON")]
+    pub reason: Option<String>,
+}
+
+/// A command on one node.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// The node.
+    #[arg(value_parser = parse_dns_subdomain)]
+    pub node: String,
+
+    /// Timeout of each Kubernetes API request.
+    #[arg(long, env = "BATON_API_TIMEOUT", default_value = "30s",
+          value_parser = duration_in(POSITIVE, MAX_API_TIMEOUT), allow_hyphen_values = true)]
+    pub api_timeout: Duration,
+}
+
+/// A command on one node, with a reason.
+#[derive(Debug, Clone, Args)]
+pub struct NodeReasonArgs {
+    /// The node.
+    #[command(flatten)]
+    pub target: NodeArgs,
+
+    /// Why (the annotation's value).
+    #[arg(long, env = "BATON_REASON")]
+    pub reason: Option<String>,
+}
+
+/// A label selector: not empty; the API server judges the rest (a refusal is bad input too).
+fn parse_selector(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("must not be empty (leave the flag unset to select everything)".to_owned());
+    }
+    Ok(s.to_owned())
 }
 
 /// The drain flags, shared by `baton agent` and `baton drain`. Names follow kubectl drain's
@@ -788,8 +953,15 @@ mod tests {
         let cli = Cli::command();
         let mut checked = Vec::new();
         for (sub, base) in [
-            ("agent", ["agent", "--node-name", "n1"]),
-            ("drain", ["drain", "n1", "--drain-force"]),
+            ("agent", &["agent", "--node-name", "n1"][..]),
+            ("drain", &["drain", "n1", "--drain-force"]),
+            ("status", &["status"]),
+            ("pause", &["pause"]),
+            ("resume", &["resume"]),
+            ("request", &["request", "n1"]),
+            ("cancel", &["cancel", "n1"]),
+            ("pause-node", &["pause-node", "n1"]),
+            ("resume-node", &["resume-node", "n1"]),
         ] {
             let cmd = cli.find_subcommand(sub).unwrap();
             for arg in cmd.get_arguments() {
@@ -802,7 +974,7 @@ mod tests {
                     continue;
                 }
                 let huge = format!("--{long}=500000000000y");
-                let err = parse_cli(&[&base[..], &[huge.as_str()]].concat()).unwrap_err();
+                let err = parse_cli(&[base, &[huge.as_str()]].concat()).unwrap_err();
                 assert!(!err.contains('\n'), "{err}");
                 assert!(
                     err.contains(&format!("--{long}")),
@@ -825,6 +997,13 @@ mod tests {
             "drain --drain-timeout",
             "drain --skip-wait-for-delete-timeout",
             "drain --api-timeout",
+            "status --api-timeout",
+            "pause --api-timeout",
+            "resume --api-timeout",
+            "request --api-timeout",
+            "cancel --api-timeout",
+            "pause-node --api-timeout",
+            "resume-node --api-timeout",
         ] {
             assert!(
                 checked.iter().any(|c| c == flag),
@@ -881,6 +1060,31 @@ mod tests {
                 "{bad:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_lock_ttl_must_outlive_the_api_calls_between_the_fence_and_the_trigger() {
+        let check = |ttl: &str, timeout: &str| {
+            parse(&[
+                "--node-name",
+                "n1",
+                "--lock-ttl",
+                ttl,
+                "--api-timeout",
+                timeout,
+            ])
+            .unwrap()
+            .check()
+        };
+        let err = check("30s", "30s").unwrap_err();
+        assert!(
+            err.contains("--lock-ttl") && err.contains("--api-timeout") && !err.contains('\n'),
+            "{err}"
+        );
+        assert!(check("90s", "30s").is_ok());
+        assert!(check("89s", "30s").is_err());
+        // The defaults (30m, 30s) are far apart.
+        assert!(parse(&["--node-name", "n1"]).unwrap().check().is_ok());
     }
 
     #[test]
@@ -1009,6 +1213,96 @@ mod tests {
                 row.contains(&format!("`{default}`")),
                 "{row}: default {default:?} missing"
             );
+        }
+    }
+
+    #[test]
+    fn the_operator_commands_share_the_agents_names_and_defaults() {
+        let status = |args: &[&str]| match parse_cli(args).unwrap().command {
+            Command::Status(s) => Some(*s),
+            _ => None,
+        };
+        let s = status(&["status"]).unwrap();
+        assert_eq!(
+            (
+                s.cluster.namespace.as_str(),
+                s.lock_name.as_str(),
+                s.pause_configmap.as_str()
+            ),
+            ("baton-system", "baton", "baton-pause")
+        );
+        assert_eq!(
+            (s.output, s.watch, s.color),
+            (Output::Text, false, Colour::Auto)
+        );
+        assert_eq!(s.max_reboot_attempts, 3);
+        let s = status(&["status", "-n", "ops", "-o", "json", "-w", "-l", "pool=a"]).unwrap();
+        assert_eq!(
+            (s.cluster.namespace.as_str(), s.output, s.watch),
+            ("ops", Output::Json, true)
+        );
+        assert_eq!(s.selector.as_deref(), Some("pool=a"));
+        // kubectl's -n, and the agent's own name for the namespace.
+        let p = match parse_cli(&["pause", "--lock-namespace", "ops", "--reason", "freeze"])
+            .unwrap()
+            .command
+        {
+            Command::Pause(p) => Some(p),
+            _ => None,
+        }
+        .unwrap();
+        assert_eq!(
+            (p.switch.cluster.namespace.as_str(), p.reason.as_deref()),
+            ("ops", Some("freeze"))
+        );
+        for (args, flag) in [
+            (&["request"][..], "<NODE>"),
+            (&["request", "Bad_Node"], "<NODE>"),
+            (&["status", "-l", " "], "--selector"),
+            (&["status", "--agent-selector", ""], "--agent-selector"),
+            (&["status", "-o", "yaml"], "--output"),
+            (&["resume", "-n", "Bad"], "--namespace"),
+        ] {
+            let err = parse_cli(args).unwrap_err();
+            assert!(err.contains(flag) && !err.contains('\n'), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_readme_documents_every_operator_flag_with_its_env_and_default() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../README.md");
+        let cli = Cli::command();
+        for sub in [
+            "status",
+            "pause",
+            "resume",
+            "request",
+            "cancel",
+            "pause-node",
+            "resume-node",
+        ] {
+            for arg in cli.find_subcommand(sub).unwrap().get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if ["help", "version"].contains(&long) {
+                    continue;
+                }
+                let env = arg.get_env().unwrap().to_str().unwrap();
+                let row = readme.lines().find(|l| {
+                    l.starts_with("| ")
+                        && l.contains(&format!("`--{long}`"))
+                        && l.contains(&format!("`{env}`"))
+                        && (l.contains(&format!("`{sub}`")) || l.contains("| all"))
+                });
+                assert!(row.is_some(), "no README row for {sub} --{long} ({env})");
+                if let Some(default) = arg.get_default_values().first() {
+                    let default = default.to_str().unwrap();
+                    assert!(
+                        row.unwrap().contains(&format!("`{default}`")),
+                        "{sub} --{long}: default {default:?} missing"
+                    );
+                }
+            }
         }
     }
 

@@ -304,23 +304,9 @@ pub fn plan(
 
 /// Whether a label selector matches `labels` (a PDB's selector: empty matches every pod).
 pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
-        let have = labels.get(&e.key);
-        let values = e.values.as_deref().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => have.is_some_and(|v| values.contains(v)),
-            "NotIn" => have.is_none_or(|v| !values.contains(v)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
+    // An operator kube does not know (the API server validates them) matches nothing.
+    kube::core::Selector::try_from(sel.clone())
+        .is_ok_and(|s| kube::core::SelectorExt::matches(&s, labels))
 }
 
 /// The PDBs that allow no disruption right now, with a pod of `pods` each would block: the
@@ -582,6 +568,20 @@ fn pod_deleting_since(p: &Pod) -> Option<SystemTime> {
 
 fn covering(pdbs: &HashMap<String, PdbView>, pod: &PodInfo) -> Vec<PdbView> {
     pdbs.values().filter(|p| p.covers(pod)).cloned().collect()
+}
+
+/// ` (PodDisruptionBudget ns/a, ns/b)`, naming the budgets behind a refusal (the API's 429
+/// message does not), or nothing when none is known.
+fn budgets_named(budgets: &[PdbView]) -> String {
+    let mut names: Vec<String> = budgets
+        .iter()
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .collect();
+    if names.is_empty() {
+        return String::new();
+    }
+    names.sort();
+    format!(" (PodDisruptionBudget {})", names.join(", "))
 }
 
 /// Drains `node`. Everything the drain starts is cancelled when the returned future is dropped.
@@ -979,7 +979,12 @@ impl Drainer {
                         .evictions
                         .with_label_values(&["pdb_blocked"])
                         .inc();
-                    note(format!("{}: {}", pod.key(), api_message(&e)));
+                    let budgets = pdbs
+                        .borrow()
+                        .as_ref()
+                        .map(|m| budgets_named(&covering(m, pod)))
+                        .unwrap_or_default();
+                    note(format!("{}: {}{budgets}", pod.key(), api_message(&e)));
                     self.wait_for_budget(pod, attempt, &mut pdbs).await;
                 }
                 // The Eviction API refuses pods of a terminating namespace; they are being
@@ -1642,6 +1647,21 @@ mod tests {
         );
         assert_eq!(blocked, ["a/web (covers a/web-1)"]);
         assert!(blocked_by(&[db], &[pdb("web", "web", 0)]).is_empty());
+    }
+
+    #[test]
+    fn a_refusal_names_the_budgets_the_api_message_does_not() {
+        let pdb = |ns: &str, name: &str| PdbView {
+            namespace: ns.into(),
+            name: name.into(),
+            selector: None,
+            allowed: 0,
+        };
+        assert_eq!(budgets_named(&[]), "");
+        assert_eq!(
+            budgets_named(&[pdb("a", "web"), pdb("a", "all")]),
+            " (PodDisruptionBudget a/all, a/web)"
+        );
     }
 
     #[test]

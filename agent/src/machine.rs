@@ -132,8 +132,10 @@ pub struct Observation<'a> {
     pub node_unschedulable: bool,
     /// The current boot ID of this host (`None`: it could not be read).
     pub boot_id: Option<&'a str>,
-    /// How long the flag or the boot ID has been unknown (zero while both are known).
-    pub unknown_for: Duration,
+    /// How long the flag has been "could not check" (zero while it is known).
+    pub flag_unknown_for: Duration,
+    /// How long the boot ID has been unreadable (zero while it is readable).
+    pub boot_unknown_for: Duration,
     /// Who holds the Lease, as judged by this agent.
     pub lease: &'a LeaseView,
     /// Wall-clock time, for the persisted back-off and trigger time.
@@ -150,8 +152,14 @@ pub struct Observation<'a> {
 }
 
 impl Observation<'_> {
-    fn stalled(&self) -> bool {
-        self.unknown_for >= self.limits.stall
+    /// The flag has been "could not check" for the stall limit.
+    fn flag_stalled(&self) -> bool {
+        self.flag_unknown_for >= self.limits.stall
+    }
+
+    /// The boot ID has been unreadable for the stall limit.
+    fn boot_stalled(&self) -> bool {
+        self.boot_unknown_for >= self.limits.stall
     }
 }
 
@@ -329,7 +337,7 @@ fn draining(o: &Observation<'_>) -> Step {
     match (o.flag, o.lease) {
         (Flag::NotRequired, _) => abort(o, AbortReason::FlagCleared),
         (_, LeaseView::Free | LeaseView::Held { .. }) => abort(o, AbortReason::LeaseLost),
-        (Flag::Unknown(_), LeaseView::Mine) if o.stalled() => abort(o, AbortReason::Stalled),
+        (Flag::Unknown(_), LeaseView::Mine) if o.flag_stalled() => abort(o, AbortReason::Stalled),
         (Flag::Unknown(_), LeaseView::Mine) => Step::Wait(Wait::CouldNotCheck),
         (Flag::Required(_), LeaseView::Mine) => Step::Drain,
     }
@@ -343,7 +351,7 @@ fn rebooting(o: &Observation<'_>) -> Step {
         // The boot ID cannot be read: while a trigger is pending the host may be going down, so
         // nothing is undone; otherwise give up once it has been unknown too long.
         None if pending => return Step::Wait(Wait::RebootPending),
-        None if o.stalled() => return abort(o, AbortReason::Stalled),
+        None if o.boot_stalled() => return abort(o, AbortReason::Stalled),
         None => return Step::Wait(Wait::CouldNotCheck),
         Some(false) => {}
     }
@@ -362,7 +370,7 @@ fn rebooting(o: &Observation<'_>) -> Step {
     }
     match (o.flag, o.lease) {
         (Flag::NotRequired, _) => abort(o, AbortReason::FlagCleared),
-        (Flag::Unknown(_), _) if o.stalled() => abort(o, AbortReason::Stalled),
+        (Flag::Unknown(_), _) if o.flag_stalled() => abort(o, AbortReason::Stalled),
         (Flag::Unknown(_), _) => Step::Wait(Wait::CouldNotCheck),
         (Flag::Required(_), LeaseView::Mine) => Step::Reboot,
         (Flag::Required(_), lease) => take_or_wait(lease),
@@ -479,7 +487,8 @@ mod tests {
         ready: bool,
         unschedulable: bool,
         boot: Option<&'static str>,
-        unknown_for: Duration,
+        flag_unknown_for: Duration,
+        boot_unknown_for: Duration,
         lease: LeaseView,
         now: SystemTime,
         gate: Option<&'static str>,
@@ -495,7 +504,8 @@ mod tests {
             state,
             ready: true,
             boot: Some(BOOT),
-            unknown_for: Duration::ZERO,
+            flag_unknown_for: Duration::ZERO,
+            boot_unknown_for: Duration::ZERO,
             lease,
             now: t(1000),
             gate: None,
@@ -512,7 +522,8 @@ mod tests {
                 node_ready: self.ready,
                 node_unschedulable: self.unschedulable,
                 boot_id: self.boot,
-                unknown_for: self.unknown_for,
+                flag_unknown_for: self.flag_unknown_for,
+                boot_unknown_for: self.boot_unknown_for,
                 lease: &self.lease,
                 now: self.now,
                 limits: Limits {
@@ -601,7 +612,16 @@ mod tests {
 
     #[test]
     fn a_cycle_that_cannot_tell_for_too_long_gives_up_instead_of_holding_the_lease() {
-        let stalled = |g: Given| g.with(|g| g.unknown_for = STALL);
+        let stalled = |g: Given| {
+            g.with(|g| {
+                g.flag_unknown_for = STALL;
+                g.boot_unknown_for = if g.boot.is_none() {
+                    STALL
+                } else {
+                    Duration::ZERO
+                };
+            })
+        };
         let d = given(unknown(), draining(), LeaseView::Mine);
         assert_eq!(d.clone().step(), Step::Wait(Wait::CouldNotCheck));
         assert_eq!(stalled(d).step(), abort(true, AbortReason::Stalled));
@@ -611,6 +631,10 @@ mod tests {
         let r = given(required(), rebooting(BOOT, 1), LeaseView::Mine).with(|g| g.boot = None);
         assert_eq!(r.clone().step(), Step::Wait(Wait::CouldNotCheck));
         assert_eq!(stalled(r.clone()).step(), abort(true, AbortReason::Stalled));
+        // Each unknown counts for itself: a boot ID unreadable only now is not stalled because the
+        // flag was unknown for long.
+        let just = r.clone().with(|g| g.flag_unknown_for = STALL);
+        assert_eq!(just.step(), Step::Wait(Wait::CouldNotCheck));
         // ...but never while a trigger is pending: the host may be going down.
         let pending = r.with(|g| g.state.triggered_at = Some(t(900)));
         assert_eq!(stalled(pending).step(), Step::Wait(Wait::RebootPending));

@@ -5,15 +5,25 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use baton::config::{AgentArgs, Cli, Command, DrainCommand, LogFormat, one_line_error};
-use clap::Parser;
 use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use tracing_subscriber::EnvFilter;
 
 /// Exit code for bad flags or environment (as clap uses).
 const USAGE_EXIT: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // As `kubectl-baton` (kubectl runs `kubectl baton ...` so), the same commands.
+    let (args, plugin) = baton::commands::plugin_argv(std::env::args_os().collect());
+    let parsed = if plugin {
+        Cli::command()
+            .bin_name(baton::commands::PLUGIN_BIN_NAME)
+            .try_get_matches_from(args)
+            .and_then(|m| Cli::from_arg_matches(&m))
+    } else {
+        Cli::try_parse_from(args)
+    };
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();
@@ -27,6 +37,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Agent(args) => agent(*args),
         Command::Drain(args) => drain(*args),
+        other => baton::commands::run(other).unwrap_or(ExitCode::FAILURE),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod pki;
 pub mod process;
 pub mod prometheus;
 pub mod real_node;
+pub mod relay;
 pub mod rollout;
 pub mod scenario;
 pub mod wait;

@@ -494,3 +494,57 @@ async fn a_forged_reboot_record_is_never_counted() {
     let e = event(&client, &names[0], "RebootNotTriggered").await;
     assert_eq!(e.type_.as_deref(), Some("Warning"));
 }
+
+#[tokio::test]
+async fn a_stop_request_ends_a_step_waiting_on_a_hung_api_server_at_once() {
+    let cluster = shared();
+    let ns = "safety-stop-hung";
+    let (client, names) = setup(cluster, ns, 1).await;
+    // A budget that allows nothing keeps the flagged node checking it, read-only, every second.
+    fixtures::create_nginx(&client, ns, 1, ns, Some(json!({"maxUnavailable": 0})))
+        .await
+        .unwrap();
+    let relay = baton_tests::relay::Relay::start(
+        format!("127.0.0.1:{}", cluster.api_port()).parse().unwrap(),
+    )
+    .unwrap();
+    let admin = std::fs::read_to_string(cluster.kubeconfig()).unwrap();
+    let kubeconfig = cluster.dir().join("safety-stop-hung.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        admin.replace(
+            &format!("127.0.0.1:{}", cluster.api_port()),
+            &format!("127.0.0.1:{}", relay.port()),
+        ),
+    )
+    .unwrap();
+    // Requests may wait 30 s for an answer.
+    let mut nodes = sims(
+        cluster,
+        ns,
+        &names,
+        Method::Command,
+        &["--api-timeout=30s", "--lock-ttl=2m"],
+    );
+    nodes[0].use_kubeconfig(&kubeconfig);
+    flag_and_start(&mut nodes);
+    wait_waiting(&client, &names[0], "allows no disruption", None).await;
+    // The API server hangs; the agent's next check waits on it.
+    relay.freeze();
+    wait_for(
+        "a request waiting on the hung API server",
+        SETTLE,
+        || async { Ok((relay.swallowed() > 0).then_some(())) },
+    )
+    .await
+    .unwrap();
+    let asked = tokio::time::Instant::now();
+    nodes[0].stop().await.unwrap();
+    let took = asked.elapsed();
+    // A 30 s request deadline: a stop that waited for it would take 30 s.
+    assert!(
+        took < Duration::from_secs(10),
+        "stopped {took:?} after SIGTERM:\n{}",
+        nodes[0].log()
+    );
+}

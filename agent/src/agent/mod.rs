@@ -61,7 +61,7 @@ type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
 
 /// What the loop does after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Progress {
+enum Next {
     /// Decide again at once (the step changed something).
     Again,
     /// Nothing changes until an observation does.
@@ -298,7 +298,14 @@ impl Agent {
                     ));
                 }
             }
-            let progress = match self.decide_and_act().await {
+            // A stop request cancels the step in flight (an API call may wait out its whole
+            // deadline): every step survives being cut at any point, as it survives a kill.
+            let mut stopping = self.shutdown.clone();
+            let decided = tokio::select! {
+                r = self.decide_and_act() => r,
+                () = stopping.wait() => Ok(Next::Stop),
+            };
+            let progress = match decided {
                 Ok(p) => {
                     self.stall.send_if_modified(|s| s.take().is_some());
                     self.last_error = None;
@@ -326,9 +333,9 @@ impl Agent {
                 }
             };
             match progress {
-                Progress::Again => {}
-                Progress::Wait => self.wait_for_change().await,
-                Progress::Stop => return self.stop().await,
+                Next::Again => {}
+                Next::Wait => self.wait_for_change().await,
+                Next::Stop => return self.stop().await,
             }
         }
     }
@@ -360,10 +367,10 @@ impl Agent {
         }
     }
 
-    async fn sleep_or_stop(&mut self, d: Duration) -> Progress {
+    async fn sleep_or_stop(&mut self, d: Duration) -> Next {
         tokio::select! {
-            () = tokio::time::sleep(d) => Progress::Again,
-            () = self.shutdown.wait() => Progress::Stop,
+            () = tokio::time::sleep(d) => Next::Again,
+            () = self.shutdown.wait() => Next::Stop,
         }
     }
 
@@ -461,14 +468,14 @@ impl Agent {
         }
     }
 
-    async fn decide_and_act(&mut self) -> anyhow::Result<Progress> {
+    async fn decide_and_act(&mut self) -> anyhow::Result<Next> {
         let node = match &self.node.current {
             Seen::Present(n) => (**n).clone(),
             Seen::Missing => {
                 self.note_wait("node not found");
-                return Ok(Progress::Wait);
+                return Ok(Next::Wait);
             }
-            Seen::Unsynced => return Ok(Progress::Wait),
+            Seen::Unsynced => return Ok(Next::Wait),
         };
         let annotations = node.metadata.annotations.clone().unwrap_or_default();
         // Never guess: a record baton cannot read leaves the node alone until it is fixed (and
@@ -505,7 +512,7 @@ impl Agent {
         self.slots.refresh().await?;
         let Some(judged) = self.slots.judge(wants, now) else {
             // A watch has not synced yet, or a Lease naming this node is being proven ours.
-            return Ok(Progress::Wait);
+            return Ok(Next::Wait);
         };
         self.metrics.reboot_required.set(flag.gauge());
         self.metrics
@@ -537,19 +544,22 @@ impl Agent {
             None
         };
         self.settle_retry_at = settling.is_some().then(|| now + HEALTH_POLL);
-        let unknown_for = [self.flag_unknown_since, self.boot_unknown_since]
-            .into_iter()
-            .flatten()
-            .map(|t| now.duration_since(t))
-            .max()
-            .unwrap_or_default();
+        // How long what the machine reads has been unknown: the flag only when it is unknown
+        // after the manual request is taken into account.
+        let since = |t: Option<Instant>| t.map_or(Duration::ZERO, |t| now.duration_since(t));
+        let flag_unknown_for = if matches!(flag, Flag::Unknown(_)) {
+            since(self.flag_unknown_since)
+        } else {
+            Duration::ZERO
+        };
         let step = machine::next_step(&Observation {
             flag: &flag,
             state: &state,
             node_ready: node::is_ready(&node),
             node_unschedulable: node::is_unschedulable(&node),
             boot_id: boot_id.as_deref(),
-            unknown_for,
+            flag_unknown_for,
+            boot_unknown_for: since(self.boot_unknown_since),
             lease: &judged.view,
             now: SystemTime::now(),
             limits: Limits {

@@ -763,17 +763,21 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_fence_refuses_a_reboot_when_another_node_holds_the_lease() {
-        // What the fence protects against: this node still believes it holds the Lease (its
-        // keeper has not renewed since), but another node took it.
-        let (lease, mut h) = client();
-        let (hold, _hold_rx) = watch::channel(Hold::Written(Instant::now()));
-        let (tenure, tenure_rx) = watch::channel(Tenure::Held);
-        let (_tx, rx) = watch::channel(Seen::Unsynced);
+    fn not_found() -> Response<Body> {
+        let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "code": 404, "reason": "NotFound", "message": "leases \"baton\" not found"});
+        Response::builder()
+            .status(404)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap()
+    }
+
+    /// One slot over `lease`, whose watch is `rx`.
+    fn one_slot(lease: LeaseClient, rx: watch::Receiver<Seen<Lease>>) -> Slots {
+        let (hold, _) = watch::channel(Hold::No);
+        let (tenure, tenure_rx) = watch::channel(Tenure::NotHeld);
         let (service, _unused) = mock::pair::<Request<Body>, Response<Body>>();
-        let spare = Client::new(service, "ns");
-        let mut slots = Slots {
+        Slots {
             slots: vec![Slot {
                 client: lease,
                 rx,
@@ -791,9 +795,57 @@ mod tests {
             me: "me".into(),
             ttl: TTL,
             not_ready_limit: Duration::from_secs(60),
-            watch_client: spare,
+            watch_client: Client::new(service, "ns"),
             metrics: Metrics::new().unwrap(),
-        };
+        }
+    }
+
+    fn lease_object(holder: &str, rv: &str) -> Lease {
+        serde_json::from_value(json!({
+            "metadata": {"name": "baton", "namespace": "ns", "resourceVersion": rv},
+            "spec": {"holderIdentity": holder},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_deletion_from_the_watch_is_read_again_before_it_undoes_a_fresh_write() {
+        let (lease_client, mut h) = client();
+        let (tx, rx) = watch::channel(Seen::Unsynced);
+        let mut slots = one_slot(lease_client, rx);
+        // This agent just created the Lease (its own write, version 10)...
+        slots.slots[0]
+            .seen
+            .offer(Seen::Present(Box::new(lease_object("me", "10"))));
+        // ...and the watch, lagging, reports a deletion from before it.
+        tx.send_replace(Seen::Missing);
+        // Read again (a deadline on the paused clock: the read must come).
+        let api = tokio::time::timeout(Duration::from_secs(10), async {
+            expect(&mut h, "GET", lease("me", "10")).await;
+        });
+        let (refreshed, asked) = tokio::join!(slots.refresh(), api);
+        refreshed.unwrap();
+        asked.expect("no read before believing the deletion");
+        assert!(
+            slots.slots[0].seen.current.get().is_some(),
+            "the fresh write was rolled back by a stale deletion"
+        );
+        // A deletion the read confirms is believed.
+        tx.send_replace(Seen::Missing);
+        let api = async { expect(&mut h, "GET", not_found()).await };
+        let (refreshed, ()) = tokio::join!(slots.refresh(), api);
+        refreshed.unwrap();
+        assert!(matches!(slots.slots[0].seen.current, Seen::Missing));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fence_refuses_a_reboot_when_another_node_holds_the_lease() {
+        // What the fence protects against: this node still believes it holds the Lease (its
+        // keeper has not renewed since), but another node took it.
+        let (lease, mut h) = client();
+        let (_tx, rx) = watch::channel(Seen::Unsynced);
+        let mut slots = one_slot(lease, rx);
+        slots.slots[0].tenure.send_replace(Tenure::Held);
         let api = async {
             expect(&mut h, "GET", lease_held_by("other")).await;
         };

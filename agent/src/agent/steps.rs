@@ -10,8 +10,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Agent, Progress};
-use crate::drain::Progress as DrainProgress;
+use super::{Agent, Next};
+use crate::drain::Progress as DrainProgress; // the drain's own progress report
 use crate::flag::Flag;
 use crate::machine::{self, AbortReason, NodeState, Phase, Step, Wait};
 use crate::node::{self, Update};
@@ -29,7 +29,7 @@ pub(super) struct Subject<'a> {
 
 impl Agent {
     /// Carries out `step`.
-    pub(super) async fn act(&mut self, step: Step, cx: &Subject<'_>) -> anyhow::Result<Progress> {
+    pub(super) async fn act(&mut self, step: Step, cx: &Subject<'_>) -> anyhow::Result<Next> {
         match step {
             Step::Wait(w) => Ok(self.wait(&w, cx).await),
             Step::Acquire => {
@@ -37,11 +37,11 @@ impl Agent {
                 if !self.slots.acquire(cx.take, owner.as_ref()).await? {
                     self.note_wait("another node took the lease first");
                 }
-                Ok(Progress::Again)
+                Ok(Next::Again)
             }
             Step::Release => {
                 self.slots.release().await?;
-                Ok(Progress::Again)
+                Ok(Next::Again)
             }
             Step::Cordon { cordon } => self.cordon(cx, cordon).await,
             Step::Drain => self.drain(cx).await,
@@ -55,12 +55,12 @@ impl Agent {
                 };
                 self.write_state(&next, None, "resetting the reboot history")
                     .await?;
-                Ok(Progress::Again)
+                Ok(Next::Again)
             }
         }
     }
 
-    async fn wait(&mut self, w: &Wait, cx: &Subject<'_>) -> Progress {
+    async fn wait(&mut self, w: &Wait, cx: &Subject<'_>) -> Next {
         let why = match w {
             Wait::NothingToDo => "no maintenance needed".to_owned(),
             Wait::CouldNotCheck => {
@@ -86,10 +86,10 @@ impl Agent {
                 .await;
         }
         self.note_wait(&why);
-        Progress::Wait
+        Next::Wait
     }
 
-    async fn cordon(&mut self, cx: &Subject<'_>, cordon: bool) -> anyhow::Result<Progress> {
+    async fn cordon(&mut self, cx: &Subject<'_>, cordon: bool) -> anyhow::Result<Next> {
         let boot_id = cx
             .boot_id
             .ok_or_else(|| anyhow!("no boot ID to start a cycle from"))?;
@@ -106,7 +106,7 @@ impl Agent {
         // budget at zero gives the Lease back (the gate then says why).
         if self.gates.recheck_budgets().await?.is_some() {
             self.slots.release().await?;
-            return Ok(Progress::Again);
+            return Ok(Next::Again);
         }
         let next = NodeState {
             phase: Phase::Draining,
@@ -132,7 +132,7 @@ impl Agent {
                 let fresh = self.nodes.get(&self.args.node_name).await?;
                 self.node
                     .offer(super::watch::Seen::Present(Box::new(fresh)));
-                return Ok(Progress::Again);
+                return Ok(Next::Again);
             }
             Err(e) => return Err(anyhow::Error::from(e).context("cordoning the node")),
         }
@@ -156,13 +156,13 @@ impl Agent {
                 ),
             )
             .await;
-        Ok(Progress::Again)
+        Ok(Next::Again)
     }
 
     /// The drain runs in the background while the loop keeps deciding: it goes on only while
     /// the machine keeps saying Drain (holding the Leases, the flag set, the node cordoned), and
     /// is cancelled the moment it says anything else. This step starts it, or takes its result.
-    async fn drain(&mut self, cx: &Subject<'_>) -> anyhow::Result<Progress> {
+    async fn drain(&mut self, cx: &Subject<'_>) -> anyhow::Result<Next> {
         let Some(run) = self.drain.as_mut() else {
             self.events(cx.node)
                 .publish(
@@ -181,10 +181,10 @@ impl Agent {
                 self.nodes.clone(),
                 self.args.node_name.clone(),
             ));
-            return Ok(Progress::Wait);
+            return Ok(Next::Wait);
         };
         if !run.task.as_ref().is_some_and(|t| t.is_finished()) {
-            return Ok(Progress::Wait);
+            return Ok(Next::Wait);
         }
         let started = run.started;
         let task = run.task.take();
@@ -252,14 +252,14 @@ impl Agent {
                 };
                 self.write_state(&next, None, "recording the drained node")
                     .await?;
-                Ok(Progress::Again)
+                Ok(Next::Again)
             }
             Step::Abort { uncordon, reason } => self.abort(cx, uncordon, reason, failure).await,
             other => Err(anyhow!("unexpected step after a drain: {other:?}")),
         }
     }
 
-    async fn reboot(&mut self, cx: &Subject<'_>) -> anyhow::Result<Progress> {
+    async fn reboot(&mut self, cx: &Subject<'_>) -> anyhow::Result<Next> {
         // "Rebooting" is a record, not proof: before the first trigger, the node's own pods say
         // whether it is drained. If not, drain (again).
         if !cx.state.triggered() && !self.args.force_reboot {
@@ -276,14 +276,14 @@ impl Agent {
                 };
                 self.write_state(&next, None, "going back to draining")
                     .await?;
-                return Ok(Progress::Again);
+                return Ok(Next::Again);
             }
         }
         // Fencing: a successful renewal proves this node holds every Lease it needs right now.
         if let Err(why) = self.slots.fence().await {
             tracing::warn!(reason = %why, "not rebooting: this node does not hold every lease it needs");
             self.note_wait(&format!("not rebooting: {why}"));
-            return Ok(Progress::Wait);
+            return Ok(Next::Wait);
         }
         // The attempt and its time are recorded before the trigger: whatever happens next (the
         // host going down, this agent killed), the next decision knows a trigger may be pending.
@@ -317,13 +317,13 @@ impl Agent {
             Ok(Triggered::Requested) => {
                 self.metrics.reboot_triggers.inc();
                 self.note_wait("reboot triggered; waiting for the host to go down");
-                Ok(Progress::Wait)
+                Ok(Next::Wait)
             }
             Ok(Triggered::Stopped) => {
                 tracing::info!(
                     "stop requested while the reboot command ran; the next start waits for the host, then tries again"
                 );
-                Ok(Progress::Stop)
+                Ok(Next::Stop)
             }
             Ok(Triggered::DryRun) => {
                 let done = Subject {
@@ -353,7 +353,7 @@ impl Agent {
         cx: &Subject<'_>,
         uncordon: bool,
         counted: bool,
-    ) -> anyhow::Result<Progress> {
+    ) -> anyhow::Result<Next> {
         let next = cx.state.rebooted(counted);
         let now = SystemTime::now();
         let mut annotations = node::state_annotations(&next, now);
@@ -398,7 +398,7 @@ impl Agent {
                 .await;
         }
         // The Lease is released by the next step, through the health gate.
-        Ok(Progress::Again)
+        Ok(Next::Again)
     }
 
     pub(super) async fn abort(
@@ -407,7 +407,7 @@ impl Agent {
         uncordon: bool,
         reason: AbortReason,
         detail: Option<String>,
-    ) -> anyhow::Result<Progress> {
+    ) -> anyhow::Result<Next> {
         let state = cx.state;
         let mut next = NodeState {
             phase: Phase::Idle,
@@ -474,7 +474,7 @@ impl Agent {
             .publish(reason.is_warning(), reason.event_reason(), "Abort", what)
             .await;
         self.slots.release().await?;
-        Ok(Progress::Again)
+        Ok(Next::Again)
     }
 
     /// Writes `update` to this Node and keeps the result as the newest Node seen.

@@ -212,11 +212,38 @@ async fn main() -> Result<()> {
         "result:                  {}",
         if clean { "CLEAN" } else { "NOT CLEAN" }
     );
+    print_status(&client, NS, &format!("baton.test/group={NS}")).await?;
     drop(nodes);
     drop(cluster);
     if !clean {
         std::process::exit(1);
     }
+    Ok(())
+}
+
+/// Prints what `baton status -n <ns> -l <selector>` prints, through the same function.
+async fn print_status(client: &kube::Client, ns: &str, selector: &str) -> Result<()> {
+    use baton::config::Colour;
+    use std::io::IsTerminal;
+    let query = baton::status::gather::Query {
+        settings: baton::status::Settings {
+            namespace: ns.to_owned(),
+            lock_name: "baton".to_owned(),
+            pause_configmap: "baton-pause".to_owned(),
+            agent_selector: "app.kubernetes.io/name=baton".to_owned(),
+            max_reboot_attempts: 3,
+        },
+        node_selector: Some(selector.to_owned()),
+    };
+    let colour = baton::commands::colour(
+        Colour::Auto,
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
+    );
+    let text = baton::status::gather::text_now(client, &query, colour).await?;
+    println!();
+    println!("=== baton status -n {ns} -l {selector}");
+    print!("{text}");
     Ok(())
 }
 
@@ -360,6 +387,12 @@ async fn real_nodes(count: usize) -> Result<()> {
         "result:                  {}",
         if clean { "CLEAN" } else { "NOT CLEAN" }
     );
+    print_status(
+        &client,
+        NAMESPACE,
+        &format!("{}={}", REAL_NODE_LABEL.0, REAL_NODE_LABEL.1),
+    )
+    .await?;
     drop(nodes);
     drop(cluster);
     if !clean {
