@@ -131,11 +131,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// Three nodes, one slot, every node flagged, the agents' defaults, no fault.
-    pub fn base(name: &str) -> Self {
+    /// `k` nodes, one slot, every node flagged, the agents' defaults, no fault.
+    pub fn base(name: &str, k: usize) -> Self {
         Config {
             name: name.to_owned(),
-            nodes: (0..3)
+            nodes: (0..k)
                 .map(|_| NodeCfg {
                     zone: "a",
                     control_plane: false,

@@ -375,14 +375,16 @@ pub fn decide(m: &Model, s: &mut State, n: usize, notes: &mut Notes) -> Result<(
         None
     };
     let a = &s.agents[n];
-    let unknown_for = TICK * u32::from(a.unknown_age.unwrap_or(0));
+    let flag_unknown_for = TICK * u32::from(a.unknown_age.unwrap_or(0));
     let step = machine::next_step(&Observation {
         flag: &flag,
         state: &state,
         node_ready: node.ready,
         node_unschedulable: node.unschedulable,
         boot_id: Some(&boot_id),
-        unknown_for,
+        flag_unknown_for,
+        // The boot ID is always readable in the model.
+        boot_unknown_for: std::time::Duration::ZERO,
         lease: &judged.view,
         now: wall_now(),
         limits: m.limits(),

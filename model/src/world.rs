@@ -534,7 +534,7 @@ mod tests {
 
     #[test]
     fn the_initial_state_lets_every_agent_start() {
-        let m = Model::new(crate::config::Config::base("t"));
+        let m = Model::new(crate::config::Config::base("t", 3));
         let s = initial(&m);
         let mut acts = Vec::new();
         actions(&m, &s, &mut acts);
