@@ -15,11 +15,11 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::time::{Duration, Instant};
 
+use crate::Model;
 use crate::glue::Notes;
 use crate::props::Violation;
 use crate::state::State;
 use crate::world::{self, Act};
-use crate::Model;
 
 /// A counterexample: the property, and the actions from the initial state.
 #[derive(Debug, Clone)]

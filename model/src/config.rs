@@ -38,16 +38,30 @@ pub enum Fault {
     DrainFails,
 }
 
-/// A safety fix of the agent that the model's glue can revert, one at a time.
+impl Fault {
+    /// The name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Flag => "flag",
+            Fault::NotReady => "not-ready",
+            Fault::DeleteNode => "delete-node",
+            Fault::HumanCordon => "human-cordon",
+            Fault::HumanUncordon => "human-uncordon",
+            Fault::DeleteLease => "delete-lease",
+            Fault::RenewFails => "renew-fails",
+            Fault::NoReboot => "no-reboot",
+            Fault::SelfReboot => "self-reboot",
+            Fault::DrainFails => "drain-fails",
+        }
+    }
+}
+
+/// A safety fix of the shell that the model's glue can revert, one at a time, to show the
+/// checker bites on the glue too. (Fixes in the pure core are shown by patching the agent's own
+/// code in a scratch copy: see the README.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fix {
-    /// A trigger is pending for `REBOOT_WAIT`: nothing is undone while the host may go down
-    /// (`machine::NodeState::trigger_pending`). Reverted: `Limits::reboot_wait` = 0, the old
-    /// core's behaviour.
-    PendingWait,
-    /// A holder whose Node says `rebooting` keeps its slot however long it is NotReady
-    /// (`lease::Observer::holder_gone`). Reverted: the holder's phase is hidden from the rule.
-    RebootingHolder,
     /// The hold is judged from the agent's own writes, with a renew deadline, and a Lease lost
     /// stops the drain (`Slots::judge`, `keep`). Reverted: the watch's view alone says "mine".
     LeaseLost,
@@ -61,19 +75,11 @@ pub enum Fix {
 
 impl Fix {
     /// Every fix, in the order the checker reports them.
-    pub const ALL: [Fix; 5] = [
-        Fix::PendingWait,
-        Fix::RebootingHolder,
-        Fix::LeaseLost,
-        Fix::Fence,
-        Fix::CordonPrecondition,
-    ];
+    pub const ALL: [Fix; 3] = [Fix::LeaseLost, Fix::Fence, Fix::CordonPrecondition];
 
     /// The name used on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
-            Fix::PendingWait => "pending-wait",
-            Fix::RebootingHolder => "rebooting-holder",
             Fix::LeaseLost => "lease-lost",
             Fix::Fence => "fence",
             Fix::CordonPrecondition => "cordon-precondition",
@@ -189,7 +195,7 @@ impl fmt::Display for Config {
                 )
             })
             .collect();
-        let faults: Vec<String> = self.faults.iter().map(|f| format!("{f:?}")).collect();
+        let faults: Vec<String> = self.faults.iter().map(|f| f.as_str().to_owned()).collect();
         write!(
             f,
             "{}: nodes [{}] (* flagged), concurrency {}{}{}, faults [{}] ≤ {}{}{}",

@@ -22,10 +22,9 @@ use baton::machine::{self, AbortReason, NodeState, Observation, Phase, Step, Wai
 use crate::config::{Fix, TICK};
 use crate::props::{self, Violation};
 use crate::state::{
-    Agent, Drain, HolderSnap, HolderW, Hold, KMode, NodeObj, Obs, Pc, Rec, Seen, Src, State,
-    Tenure,
+    Agent, Drain, Hold, HolderSnap, HolderW, KMode, NodeObj, Obs, Pc, Rec, Seen, Src, State, Tenure,
 };
-use crate::{Model, ago, age_of, wall_now};
+use crate::{Model, age_of, ago, wall_now};
 
 /// What a transition says for a trace.
 #[derive(Debug, Default)]
@@ -137,22 +136,8 @@ pub fn holder_snap(s: &State, h: usize) -> Seen<HolderSnap> {
 }
 
 /// Whether a holder's Node, as `node` shows it, lets its Lease go before its TTL
-/// (`Observer::holder_gone`), as `Slots::judge` asks. With [`Fix::RebootingHolder`] reverted,
-/// the rule does not see that the holder is rebooting.
+/// (`Observer::holder_gone`, as `Slots::judge` asks it).
 pub fn holder_gone(m: &Model, ob: &Observer, node: HolderNode, takeover: bool) -> bool {
-    let node = match (m.cfg.revert, node) {
-        (
-            Some(Fix::RebootingHolder),
-            HolderNode::Seen {
-                not_ready_since,
-                phase: Phase::Rebooting,
-            },
-        ) => HolderNode::Seen {
-            not_ready_since,
-            phase: Phase::Draining,
-        },
-        (_, node) => node,
-    };
     ob.holder_gone(node, takeover, m.cfg.not_ready, ago(0))
 }
 
@@ -295,7 +280,8 @@ pub fn keeper_hold(k: &mut crate::state::Keeper) {
             k.due_now = false;
         }
         (KMode::InLost, Hold::No) => k.tenure = Tenure::NotHeld,
-        (KMode::Waiting, Hold::No) | (KMode::Holding, Hold::Seen) | (KMode::InLost, Hold::Seen) => {}
+        (KMode::Waiting, Hold::No) | (KMode::Holding, Hold::Seen) | (KMode::InLost, Hold::Seen) => {
+        }
     }
 }
 
@@ -364,7 +350,10 @@ pub fn decide(m: &Model, s: &mut State, n: usize, notes: &mut Notes) -> Result<(
     // `health::settling`, for an idle holder right after its reboot: the settle time, then its
     // DaemonSet pods Ready (in the model: the Node Ready).
     let settling = if state.phase == Phase::Idle && judged.view == LeaseView::Mine {
-        let last = node.ann.last_reboot_age.map(|a| wall_now() - TICK * u32::from(a));
+        let last = node
+            .ann
+            .last_reboot_age
+            .map(|a| wall_now() - TICK * u32::from(a));
         match baton::agent::due(last, wall_now(), m.cfg.settle) {
             baton::agent::Due::No => None,
             baton::agent::Due::Settling(_) => Some("settling after the reboot"),
@@ -509,15 +498,21 @@ fn acquire(m: &Model, s: &mut State, n: usize, judged: &Judged, notes: &mut Note
         return;
     }
     // Ghost: was the previous holder still in its cycle, and is this one of the documented
-    // limits (a takeover at the TTL while the holder could not act; a Lease deleted by hand
-    // taken by an agent that never saw it held)?
+    // limits (a takeover at the TTL while the holder could not act; any take of a Lease deleted
+    // by hand: its holder acts on it until its next renewal, and a taker may never have seen
+    // it held, or see the holder's Node late)?
     let previous = match current {
         Some(r) => r.holder.filter(|&h| h != me),
         None => s.ghost.deleted_holder[l].filter(|&h| h != me),
     };
     if let Some(p) = previous.map(usize::from) {
-        let limit = (judged.why == Takeable::Ttl && !props::can_act(m, s, p))
-            || (current.is_none() && obs.last.and_then(|r| r.holder) != Some(Model::id(p)));
+        // A holder that cannot act, taken over at the TTL, or by the NotReady rule while its
+        // Node does not say it is rebooting (its host went down on its own mid-drain).
+        let not_rebooting = s.nodes[p].is_none_or(|o| o.ann.phase != Phase::Rebooting);
+        let limit = (!props::can_act(m, s, p)
+            && (judged.why == Takeable::Ttl
+                || (judged.why == Takeable::HolderGone && not_rebooting)))
+            || current.is_none();
         if limit && (props::in_cycle(s, p) || s.agents[p].alive) {
             s.ghost.orphan[p] = true;
             notes.say(|| {
@@ -577,7 +572,12 @@ fn start_release(m: &Model, s: &mut State, n: usize) {
 
 /// The next API call of the step in progress (`Agent::reboot`'s fence and record,
 /// `Slots::release`'s releases). The trigger is [`trigger`].
-pub fn continue_step(m: &Model, s: &mut State, n: usize, notes: &mut Notes) -> Result<(), Violation> {
+pub fn continue_step(
+    m: &Model,
+    s: &mut State,
+    n: usize,
+    notes: &mut Notes,
+) -> Result<(), Violation> {
     let pc = s.agents[n].pc;
     s.agents[n].pc_age = 0;
     match pc {
@@ -590,7 +590,12 @@ pub fn continue_step(m: &Model, s: &mut State, n: usize, notes: &mut Notes) -> R
             let l = need[usize::from(k)];
             if s.agents[n].keep[l].tenure != Tenure::Held {
                 s.agents[n].pc = Pc::Idle;
-                notes.say(|| format!("{}: not rebooting, {} is not held", m.names[n], m.lease_names[l]));
+                notes.say(|| {
+                    format!(
+                        "{}: not rebooting, {} is not held",
+                        m.names[n], m.lease_names[l]
+                    )
+                });
                 return Ok(());
             }
             let fresh = s.fresh_tag(l, m.k);
@@ -614,7 +619,10 @@ pub fn continue_step(m: &Model, s: &mut State, n: usize, notes: &mut Notes) -> R
                 _ => {
                     s.agents[n].pc = Pc::Idle;
                     notes.say(|| {
-                        format!("{}: the fence fails on {}: not rebooting", m.names[n], m.lease_names[l])
+                        format!(
+                            "{}: the fence fails on {}: not rebooting",
+                            m.names[n], m.lease_names[l]
+                        )
                     });
                 }
             }
@@ -674,7 +682,13 @@ fn release_one(m: &Model, s: &mut State, n: usize, l: usize, notes: &mut Notes) 
 
 /// The trigger (`reboot::trigger`): the host reboots (`reboots`), or the trigger does nothing.
 /// The properties of a trigger are checked first.
-pub fn trigger(m: &Model, s: &mut State, n: usize, reboots: bool, notes: &mut Notes) -> Result<(), Violation> {
+pub fn trigger(
+    m: &Model,
+    s: &mut State,
+    n: usize,
+    reboots: bool,
+    notes: &mut Notes,
+) -> Result<(), Violation> {
     props::at_trigger(m, s, n)?;
     let a = &mut s.agents[n];
     a.pc = Pc::Idle;
@@ -720,7 +734,12 @@ fn cordon_node(
     if s.nodes[n].is_some() && precondition && !s.agents[n].node_current {
         s.agents[n].node = s.nodes[n].map_or(Seen::Missing, Seen::Present);
         s.agents[n].node_current = true;
-        notes.say(|| format!("{}'s cordon meets a changed Node (409): reads it again", m.names[n]));
+        notes.say(|| {
+            format!(
+                "{}'s cordon meets a changed Node (409): reads it again",
+                m.names[n]
+            )
+        });
         return Ok(());
     }
     let ann = m.ann_of(&next, current_last_reboot(s, n));
@@ -728,7 +747,13 @@ fn cordon_node(
 }
 
 /// Mirrors `Agent::drain`: start the background drain, or take its result.
-fn drain(m: &Model, s: &mut State, n: usize, state: &NodeState, notes: &mut Notes) -> Result<(), Violation> {
+fn drain(
+    m: &Model,
+    s: &mut State,
+    n: usize,
+    state: &NodeState,
+    notes: &mut Notes,
+) -> Result<(), Violation> {
     match s.agents[n].drain {
         Drain::None => {
             s.agents[n].drain = Drain::Running;
@@ -836,7 +861,14 @@ fn write_node(
             what.push(format!("phase {}", obj.ann.phase.as_str()));
         }
         if before.unschedulable != obj.unschedulable {
-            what.push(if obj.unschedulable { "cordoned" } else { "uncordoned" }.to_owned());
+            what.push(
+                if obj.unschedulable {
+                    "cordoned"
+                } else {
+                    "uncordoned"
+                }
+                .to_owned(),
+            );
         }
         if before.ann.attempts != obj.ann.attempts {
             what.push(format!("reboot attempts {}", obj.ann.attempts));

@@ -155,10 +155,13 @@ impl Model {
             let leases = mine
                 .iter()
                 .map(|name| {
-                    lease_names.iter().position(|l| l == name).unwrap_or_else(|| {
-                        lease_names.push(name.clone());
-                        lease_names.len() - 1
-                    })
+                    lease_names
+                        .iter()
+                        .position(|l| l == name)
+                        .unwrap_or_else(|| {
+                            lease_names.push(name.clone());
+                            lease_names.len() - 1
+                        })
                 })
                 .collect();
             needs.push(Needs {
@@ -201,11 +204,7 @@ impl Model {
     pub fn limits(&self) -> Limits {
         Limits {
             max_reboot_attempts: self.cfg.max_reboot_attempts,
-            reboot_wait: if self.cfg.revert == Some(config::Fix::PendingWait) {
-                Duration::ZERO
-            } else {
-                baton::agent::REBOOT_WAIT
-            },
+            reboot_wait: baton::agent::REBOOT_WAIT,
             stall: self.cfg.stall,
         }
     }
@@ -246,11 +245,17 @@ impl Model {
             boot_before: boot(&s.boot_id_before),
             attempts: u8::try_from(s.reboot_attempts.min(u32::from(max))).unwrap_or(max),
             triggered_age: s.triggered_at.map(|t| {
-                let age = now.duration_since(t).map_or(0, |d| d.as_secs() / TICK.as_secs());
-                u8::try_from(age).unwrap_or(u8::MAX).min(self.caps.triggered)
+                let age = now
+                    .duration_since(t)
+                    .map_or(0, |d| d.as_secs() / TICK.as_secs());
+                u8::try_from(age)
+                    .unwrap_or(u8::MAX)
+                    .min(self.caps.triggered)
             }),
             backoff_left: s.backoff_until.map_or(0, |t| {
-                let left = t.duration_since(now).map_or(0, |d| d.as_secs().div_ceil(TICK.as_secs()));
+                let left = t
+                    .duration_since(now)
+                    .map_or(0, |d| d.as_secs().div_ceil(TICK.as_secs()));
                 u8::try_from(left).unwrap_or(u8::MAX).min(self.caps.backoff)
             }),
             gave_up: boot(&s.gave_up_boot_id),

@@ -16,11 +16,11 @@
 
 use std::fmt;
 
+use crate::Model;
 use crate::config::{Fault, Fix};
 use crate::glue::{self, Notes};
 use crate::props::Violation;
 use crate::state::{Agent, Drain, KMode, Pc, Power, Seen, Src, State, Tenure};
-use crate::Model;
 
 /// One action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -106,7 +106,9 @@ impl Act {
             Act::RenewFails(a, x) => format!("FAULT {}'s renewals of {} fail", n(a), l(x)),
             Act::SeeNode(a) => format!("{}'s Node watch catches up", n(a)),
             Act::SeeLease(a, x) => format!("{}'s watch of {} catches up", n(a), l(x)),
-            Act::SeeHolder(a, x) => format!("{}'s watch of {}'s holder Node catches up", n(a), l(x)),
+            Act::SeeHolder(a, x) => {
+                format!("{}'s watch of {}'s holder Node catches up", n(a), l(x))
+            }
             Act::CheckFlag(a) => format!("{} checks its flag", n(a)),
             Act::DrainDone(a, true) => format!("{}'s drain finishes", n(a)),
             Act::DrainDone(a, false) => format!("FAULT {}'s drain fails", n(a)),
@@ -165,6 +167,10 @@ fn restart(s: &mut State, n: usize) {
 
 /// Whether the clocks may tick: nobody owes an action due within the tick.
 ///
+/// A holder watch also delivers within the tick: the rule that a rebooting holder keeps its
+/// Lease reads the holder's phase from it, and a watch stale for longer than
+/// `--lock-holder-not-ready-timeout` defeats it (see the README's limits; the model found it).
+///
 /// Two of these are assumptions the reboot wait rests on (README: "a trigger is pending for
 /// 10 minutes: the host may go down at any moment"): the trigger follows its recorded time
 /// within the tick (one Event in between, `--api-timeout` 30 s), and a host that accepted the
@@ -176,10 +182,11 @@ pub fn may_tick(m: &Model, s: &State) -> bool {
             || !((a.pc == Pc::Idle && a.wake)
                 || (a.pc != Pc::Idle && a.pc_age >= 1)
                 || a.pc == Pc::Trigger
-                || m.needs[n]
-                    .leases
-                    .iter()
-                    .any(|&l| glue::renewal_due(&a.keep[l])))
+                || m.needs[n].leases.iter().any(|&l| {
+                    glue::renewal_due(&a.keep[l])
+                        || a.holder[l]
+                            .is_some_and(|w| w.seen != glue::holder_snap(s, usize::from(w.holder)))
+                }))
     });
     let hosts = (0..m.k).all(|n| {
         let going = s.hosts[n].power == Power::GoingDown && s.ghost.baton_reboot[n];
@@ -371,7 +378,8 @@ pub fn apply(m: &Model, s: &mut State, act: Act, notes: &mut Notes) -> Result<()
             h.power = Power::Up;
             h.boot += 1;
             h.flag = Src::NotRequired;
-            s.ghost.boots_since_request[n] = s.ghost.boots_since_request[n].saturating_add(1).min(2);
+            s.ghost.boots_since_request[n] =
+                s.ghost.boots_since_request[n].saturating_add(1).min(2);
             s.ghost.baton_reboot[n] = false;
         }
         Act::KubeletReady(n) => {
@@ -436,7 +444,8 @@ pub fn apply(m: &Model, s: &mut State, act: Act, notes: &mut Notes) -> Result<()
     // Ghost bookkeeping: an orphan is one no more once its cycle is over and its agent no
     // longer believes it holds a Lease it lost.
     for n in 0..m.k {
-        if s.ghost.orphan[n] && !crate::props::in_cycle(s, n) && !crate::props::stale_hold(m, s, n) {
+        if s.ghost.orphan[n] && !crate::props::in_cycle(s, n) && !crate::props::stale_hold(m, s, n)
+        {
             s.ghost.orphan[n] = false;
         }
     }
