@@ -211,20 +211,21 @@ pub fn explore(m: &Model, limit: u64) -> Outcome {
         }
     }
     let mut counterexample = None;
-    if m.cfg.liveness && !truncated {
-        if let Some(stuck) = stuck_state(&goals, &edges) {
-            counterexample = Some(Counterexample {
-                violation: Violation {
-                    property: "liveness",
-                    detail: "from the last state, with no more faults, no run reaches the goal \
+    if m.cfg.liveness
+        && !truncated
+        && let Some(stuck) = stuck_state(&goals, &edges)
+    {
+        counterexample = Some(Counterexample {
+            violation: Violation {
+                property: "liveness",
+                detail: "from the last state, with no more faults, no run reaches the goal \
                              (every flag served, every node out of its cycle and uncordoned, \
                              every Lease free)"
-                        .to_owned(),
-                },
-                trace: trace_to(&parents, stuck),
-                liveness: true,
-            });
-        }
+                    .to_owned(),
+            },
+            trace: trace_to(&parents, stuck),
+            liveness: true,
+        });
     }
     Outcome {
         states: index.len() as u64,

@@ -74,7 +74,7 @@ pub fn stale_hold(m: &Model, s: &State, n: usize) -> bool {
     a.alive
         && m.needs[n].leases.iter().any(|&l| {
             a.keep[l].tenure == Tenure::Held
-                && !s.leases[l].is_some_and(|r| r.holder == Some(Model::id(n)))
+                && s.leases[l].is_none_or(|r| r.holder != Some(Model::id(n)))
         })
 }
 
@@ -136,8 +136,10 @@ fn names(m: &Model, ns: &[usize]) -> String {
 pub fn at_trigger(m: &Model, s: &State, n: usize) -> Result<(), Violation> {
     let a = &s.agents[n];
     let need = crate::glue::needed(m, n, usize::from(a.slot));
-    // A node whose Node was deleted is no longer part of the cluster (its pods are gone).
-    if s.nodes[n].is_none() {
+    // A node whose Node was deleted is no longer part of the cluster (its pods are gone); an
+    // orphan lost its Lease to a documented limit (a Lease deleted by hand between its fence
+    // and its trigger, say).
+    if s.nodes[n].is_none() || s.ghost.orphan[n] {
         return Ok(());
     }
     for &l in &need {

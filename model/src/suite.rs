@@ -31,27 +31,80 @@ fn node(zone: &'static str, control_plane: bool, flagged: bool) -> NodeCfg {
     }
 }
 
-/// Two flagged nodes, no fault, with liveness; and two control-plane nodes in two zones
-/// (grouped by zone, so only the control-plane Lease keeps them apart).
+/// Two flagged nodes, no fault, with liveness; and the same with an agent killed once, at any
+/// moment (between any two API calls, mid-drain, right after a trigger).
 pub fn quick() -> Vec<Config> {
     let mut two = Config::base("two-nodes", 2);
     two.liveness = true;
+    vec![two, with_fault(Fault::Kill)]
+}
+
+/// Two flagged nodes, fault `f` at most once.
+fn with_fault(f: Fault) -> Config {
+    Config::base(&format!("two-nodes+{}", f.as_str()), 2).with_faults(&[f], 1)
+}
+
+/// The quick set, then two nodes under each other fault in turn (one per run), two
+/// control-plane nodes in two zones (grouped by zone: only the control-plane Lease keeps them
+/// apart), and three nodes.
+pub fn full() -> Vec<Config> {
+    let mut all = quick();
+    all.extend(FAULTS[1..].iter().map(|&f| with_fault(f)));
     let mut cp = Config::base("control-plane", 2);
     cp.group_by_zone = true;
     cp.nodes = vec![node("a", true, true), node("b", true, true)];
-    vec![two, cp]
-}
-
-/// The quick set, then two nodes under each fault in turn (one per run), then three nodes.
-pub fn full() -> Vec<Config> {
-    let mut all = quick();
-    for f in FAULTS {
-        let name = format!("two-nodes+{}", f.as_str());
-        all.push(Config::base(&name, 2).with_faults(&[f], 1));
-    }
+    all.push(cp);
     let mut three = Config::base("three-nodes-one-flagged", 3).with_faults(&[Fault::Flag], 1);
     three.nodes[1].flagged = false;
     three.nodes[2].flagged = false;
     all.push(three);
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Fix;
+    use crate::{Model, check};
+
+    /// Fewer states than this would mean the exploration stopped short (two nodes reach about
+    /// 435 000 without faults).
+    const FLOOR: u64 = 100_000;
+
+    #[test]
+    fn the_quick_configurations_hold_every_property_in_every_reachable_state() {
+        for cfg in quick() {
+            let name = cfg.to_string();
+            let m = Model::new(cfg);
+            let o = check::explore(&m, 20_000_000);
+            if let Some(c) = &o.counterexample {
+                panic!(
+                    "{name}: {}: {}\n{}",
+                    c.violation.property,
+                    c.violation.detail,
+                    check::explain(&m, &c.trace).join("\n")
+                );
+            }
+            assert!(!o.truncated, "{name}: stopped at the state limit");
+            assert!(o.states > FLOOR, "{name}: only {} states", o.states);
+            println!("{name}: {} states in {:.1?}", o.states, o.elapsed);
+        }
+    }
+
+    #[test]
+    fn without_the_fence_a_trigger_is_caught_and_its_trace_replays() {
+        let mut cfg = Config::base("no-fence", 2);
+        cfg.revert = Some(Fix::Fence);
+        let m = Model::new(cfg);
+        let o = check::explore(&m, 1_000_000);
+        let c = o
+            .counterexample
+            .expect("a trigger without a fence is a violation");
+        assert_eq!(c.violation.property, "trigger-fenced");
+        let lines = check::explain(&m, &c.trace);
+        assert!(
+            lines.last().is_some_and(|l| l.contains("✗ trigger-fenced")),
+            "the replay ends at the violation: {lines:?}"
+        );
+    }
 }

@@ -531,7 +531,7 @@ pub fn goal(m: &Model, s: &State) -> bool {
         Some(node) => {
             s.hosts[n].flag != Src::Required
                 && node.ann.phase == baton::machine::Phase::Idle
-                && !(node.unschedulable && !s.ghost.human_cordon[n])
+                && (!node.unschedulable || s.ghost.human_cordon[n])
                 && s.agents[n].drain == Drain::None
         }
     }) && (0..m.nl()).all(|l| s.leases[l].is_none_or(|r| r.holder.is_none()))
