@@ -36,6 +36,8 @@ pub enum Fault {
     SelfReboot,
     /// The drain fails (a PodDisruptionBudget that never allows the eviction, until the timeout).
     DrainFails,
+    /// The reboot window closes (or opens again) at any moment.
+    Window,
 }
 
 impl Fault {
@@ -53,6 +55,7 @@ impl Fault {
             Fault::NoReboot => "no-reboot",
             Fault::SelfReboot => "self-reboot",
             Fault::DrainFails => "drain-fails",
+            Fault::Window => "window",
         }
     }
 }

@@ -5,8 +5,8 @@
 //! fails as one write at the PUT).
 //!
 //! Not mirrored, and why:
-//! - gates (window, pauses, blockers, the PDB pre-flight and re-check): read-only checks that
-//!   only keep a node from starting; `gate` is `None`;
+//! - gates other than the window (pauses, blockers, the PDB pre-flight and re-check): read-only
+//!   checks that only keep a node from starting, as the window does (which is modelled);
 //! - the drain plan's refusals and the "pods left" check before the first trigger: reads of the
 //!   node's pods; a node that finished its drain is drained;
 //! - Events, metrics, logs, `baton.dev/waiting` and the drain-progress annotations;
@@ -67,6 +67,30 @@ pub struct Judged {
     pub partly_held: bool,
     /// Why `take` may be taken (ghost).
     pub why: Takeable,
+}
+
+/// Why the reboot window keeps a cycle from starting, from the real `Window::check`: a window
+/// open every day from 02:00 to 04:00 UTC, asked at 03:00 (open) or at 12:00 (closed).
+pub fn window_gate(closed: bool) -> Option<String> {
+    use baton::window::Window;
+    use jiff::civil::{Time, Weekday};
+    static WINDOW: std::sync::OnceLock<Window> = std::sync::OnceLock::new();
+    let window = WINDOW.get_or_init(|| {
+        let days = [
+            Weekday::Monday,
+            Weekday::Tuesday,
+            Weekday::Wednesday,
+            Weekday::Thursday,
+            Weekday::Friday,
+            Weekday::Saturday,
+            Weekday::Sunday,
+        ];
+        let at = |h| Time::new(h, 0, 0, 0).unwrap_or_default();
+        Window::new(&days, at(2), at(4), jiff::tz::TimeZone::UTC, &[])
+    });
+    let hour = if closed { 12 } else { 3 };
+    let now = jiff::Timestamp::from_second(1_767_225_600 + hour * 3600).unwrap_or_default();
+    window.check(now).err().map(|why| why.to_string())
 }
 
 /// The flag as `flag::combine` makes it (no manual-request annotation in the model).
@@ -285,6 +309,23 @@ pub fn keeper_hold(k: &mut crate::state::Keeper) {
     }
 }
 
+/// A tick on keeper `k`'s clock (`slots::keep`'s renew loop): a keeper that has not renewed
+/// for the renew deadline (`last_ok.elapsed() > deadline`, `cap` ticks) loses its hold, unless
+/// the deadline is reverted (`deadline` false). Whether the main loop must decide again.
+pub fn keeper_tick(k: &mut crate::state::Keeper, cap: u8, deadline: bool) -> bool {
+    k.tried = false;
+    if k.mode != KMode::Holding {
+        return false;
+    }
+    k.age = k.age.saturating_add(1).min(cap);
+    if k.age >= cap && deadline {
+        k.tenure = Tenure::Lost;
+        k.mode = KMode::InLost;
+        return true;
+    }
+    false
+}
+
 /// Whether keeper `k` must renew before the clock ticks again (it renews at least once a tick
 /// while it holds, and at once after a `Seen`).
 pub fn renewal_due(k: &crate::state::Keeper) -> bool {
@@ -363,6 +404,9 @@ pub fn decide(m: &Model, s: &mut State, n: usize, notes: &mut Notes) -> Result<(
     } else {
         None
     };
+    // `Gates::paused`: the window, checked by `window::Window::check` at a time inside or
+    // outside it (no pause switch, no blockers in the model).
+    let gate = window_gate(s.window_closed);
     let a = &s.agents[n];
     let flag_unknown_for = TICK * u32::from(a.unknown_age.unwrap_or(0));
     let step = machine::next_step(&Observation {
@@ -377,7 +421,7 @@ pub fn decide(m: &Model, s: &mut State, n: usize, notes: &mut Notes) -> Result<(
         lease: &judged.view,
         now: wall_now(),
         limits: m.limits(),
-        gate: None,
+        gate: gate.as_deref(),
         partly_held: judged.partly_held,
         settling,
     });

@@ -287,6 +287,8 @@ pub struct State {
     pub agents: [Agent; MAX_NODES],
     /// Ghosts.
     pub ghost: Ghost,
+    /// The reboot window is closed (`--reboot-days`/`--start-time`/`--end-time`).
+    pub window_closed: bool,
 }
 
 impl State {

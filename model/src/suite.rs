@@ -9,7 +9,7 @@
 use crate::config::{Config, Fault, NodeCfg};
 
 /// Every fault, one configuration each.
-pub const FAULTS: [Fault; 11] = [
+pub const FAULTS: [Fault; 12] = [
     Fault::Kill,
     Fault::NoReboot,
     Fault::Flag,
@@ -21,6 +21,7 @@ pub const FAULTS: [Fault; 11] = [
     Fault::RenewFails,
     Fault::SelfReboot,
     Fault::DrainFails,
+    Fault::Window,
 ];
 
 fn node(zone: &'static str, control_plane: bool, flagged: bool) -> NodeCfg {
@@ -89,6 +90,13 @@ mod tests {
             assert!(o.states > FLOOR, "{name}: only {} states", o.states);
             println!("{name}: {} states in {:.1?}", o.states, o.elapsed);
         }
+    }
+
+    #[test]
+    fn the_window_gate_is_the_real_window_s_verdict() {
+        assert_eq!(crate::glue::window_gate(false), None);
+        let closed = crate::glue::window_gate(true).expect("closed at noon");
+        assert!(closed.contains("outside the reboot window"), "{closed}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::Model;
 use crate::config::{Fault, Fix};
 use crate::glue::{self, Notes};
 use crate::props::Violation;
-use crate::state::{Agent, Drain, KMode, Pc, Power, Seen, Src, State, Tenure};
+use crate::state::{Agent, Drain, Pc, Power, Seen, Src, State};
 
 /// One action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -71,6 +71,8 @@ pub enum Act {
     DeleteLease(u8),
     /// Fault: host `n` reboots on its own.
     SelfReboot(u8),
+    /// Fault: the reboot window closes (`true`) or opens.
+    Window(bool),
 }
 
 impl Act {
@@ -89,6 +91,7 @@ impl Act {
                 | Act::HumanUncordon(_)
                 | Act::DeleteLease(_)
                 | Act::SelfReboot(_)
+                | Act::Window(_)
         )
     }
 
@@ -124,6 +127,8 @@ impl Act {
             Act::HumanUncordon(a) => format!("FAULT a human uncordons {}", n(a)),
             Act::DeleteLease(x) => format!("FAULT Lease {} deleted by hand", l(x)),
             Act::SelfReboot(a) => format!("FAULT host {} reboots on its own", n(a)),
+            Act::Window(true) => "FAULT the reboot window closes".into(),
+            Act::Window(false) => "FAULT the reboot window opens".into(),
         }
     }
 }
@@ -293,6 +298,9 @@ pub fn actions(m: &Model, s: &State, out: &mut Vec<Act>) {
             }
         }
     }
+    if cfg.allows(Fault::Window, left) {
+        out.push(Act::Window(!s.window_closed));
+    }
     if cfg.allows(Fault::DeleteLease, left) {
         for l in 0..m.nl() {
             if s.leases[l].is_some_and(|r| r.holder.is_some()) {
@@ -440,6 +448,13 @@ pub fn apply(m: &Model, s: &mut State, act: Act, notes: &mut Notes) -> Result<()
             s.leases[l] = None;
         }
         Act::SelfReboot(n) => s.hosts[usize::from(n)].power = Power::GoingDown,
+        Act::Window(closed) => {
+            s.window_closed = closed;
+            // The agents' loops wake at the window's edges (`Gates::wake_at`).
+            for a in s.agents.iter_mut().take(m.k).filter(|a| a.alive) {
+                a.wake = true;
+            }
+        }
     }
     // Ghost bookkeeping: an orphan is one no more once its cycle is over and its agent no
     // longer believes it holds a Lease it lost.
@@ -466,16 +481,8 @@ fn tick(m: &Model, s: &mut State) {
         }
         for &l in &m.needs[n].leases {
             bump(&mut a.obs[l].age, c.obs);
-            let k = &mut a.keep[l];
-            k.tried = false;
-            if k.mode == KMode::Holding {
-                bump(&mut k.age, c.keeper);
-                // `last_ok.elapsed() > deadline`: the hold is lost.
-                if k.age >= c.keeper && !lease_lost_reverted {
-                    k.tenure = Tenure::Lost;
-                    k.mode = KMode::InLost;
-                    a.wake = true;
-                }
+            if glue::keeper_tick(&mut a.keep[l], c.keeper, !lease_lost_reverted) {
+                a.wake = true;
             }
             if let Some(w) = &mut a.holder[l]
                 && let Some(age) = &mut w.not_ready_age
