@@ -7,8 +7,8 @@ use std::time::Duration;
 
 /// One abstract tick of every clock. Ten minutes: `--lock-ttl` (30 m) is three ticks, the
 /// reboot wait (10 m) and `--stall-timeout` (10 m) one, `--lock-holder-not-ready-timeout` (15 m)
-/// a tick and a half. Every API call completes within a tick (`--lock-ttl` ≥ 3 × `--api-timeout`),
-/// and a keeper renews at least once a tick (every `min(--lock-ttl / 3, 1 m)`).
+/// a tick and a half. Every API call completes within a tick (`--lock-ttl` ≥ 3 ×
+/// `--api-timeout`), and a keeper renews at least once a tick (every `min(--lock-ttl / 3, 1 m)`).
 pub const TICK: Duration = Duration::from_secs(600);
 
 /// A fault the environment may inject (each one costs one unit of the run's budget).

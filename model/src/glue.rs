@@ -1,8 +1,13 @@
 //! The shell's glue, mirrored: what `agent/src/agent/*.rs` does between baton's pure functions
-//! and the API server. Each function names the shell function it mirrors; each API call of a
-//! step is one model action (an agent can be killed, and others can act, between any two), and
-//! an API call is atomic (a GET then a PUT with its resourceVersion, retried on 409, succeeds or
-//! fails as one write at the PUT).
+//! and the API server, in this one module: `mod.rs` (`Agent::decide_and_act`: what a decision
+//! reads, the drain stopped unless the step is Drain), `steps.rs` (each step's API calls in
+//! order: cordon, drain, the reboot's fence, record and trigger, finish, abort), `slots.rs`
+//! (`Slots::judge`, `acquire`, `fence`, `release`, the keeper `keep` with its renew deadline),
+//! `watch.rs` (`HolderWatch::observe`), `gates.rs` (`Gates::paused`: the window) and
+//! `health.rs` (the settle gate). Each function names the shell function it mirrors; each API
+//! call of a step is one model action (an agent can be killed, and others can act, between any
+//! two), and an API call is atomic (a GET then a PUT with its resourceVersion, retried on 409,
+//! succeeds or fails as one write at the PUT).
 //!
 //! Not mirrored, and why:
 //! - gates other than the window (pauses, blockers, the PDB pre-flight and re-check): read-only
@@ -561,7 +566,7 @@ fn acquire(m: &Model, s: &mut State, n: usize, judged: &Judged, notes: &mut Note
             s.ghost.orphan[p] = true;
             notes.say(|| {
                 format!(
-                    "(documented limit: {} could not act when its Lease was taken; it no longer counts)",
+                    "(a documented limit: {} loses its Lease while it cannot know; not counted)",
                     m.names[p]
                 )
             });

@@ -3,8 +3,9 @@
 //! counterexample; last, one line `model: states=<n> configurations=<n> violations=<n>`.
 //!
 //! `baton-model` runs the full suite; `--quick` the one `cargo test` runs; `--only <name>` one
-//! configuration of the full suite; `--revert <fix>` runs the quick set with a shell fix of the
-//! glue reverted (`lease-lost`, `fence`, `cordon-precondition`), to show the checker bites.
+//! configuration of the full suite; `--revert <fix>` runs them with a fix of the shell's glue
+//! reverted (`lease-lost`, `fence`, `cordon-precondition`), to show the checker bites there too
+//! (fixes of the pure core are reverted by patching a scratch copy: see the README).
 
 use std::process::ExitCode;
 
