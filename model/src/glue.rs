@@ -848,13 +848,7 @@ fn abort(
     reason: AbortReason,
     notes: &mut Notes,
 ) -> Result<(), Violation> {
-    let mut next = NodeState {
-        phase: Phase::Idle,
-        consecutive_reboots: state.consecutive_reboots,
-        dry_run_boot_id: state.dry_run_boot_id.clone(),
-        gave_up_boot_id: state.gave_up_boot_id.clone(),
-        ..NodeState::default()
-    };
+    let mut next = state.aborted();
     if reason.backs_off() {
         next.backoff_until = Some(m.backoff_until());
     }

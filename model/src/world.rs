@@ -497,27 +497,22 @@ fn tick(m: &Model, s: &mut State) {
             bump(&mut a.pc_age, 2);
         }
     }
+    let age = |ann: &mut crate::state::Ann| {
+        if let Some(t) = &mut ann.triggered_age {
+            bump(t, c.triggered);
+        }
+        ann.backoff_left = ann.backoff_left.saturating_sub(1);
+        if let Some(t) = &mut ann.last_reboot_age {
+            bump(t, c.last_reboot);
+        }
+    };
     for n in 0..m.k {
         if let Some(node) = &mut s.nodes[n] {
-            let ann = &mut node.ann;
-            if let Some(t) = &mut ann.triggered_age {
-                bump(t, c.triggered);
-            }
-            ann.backoff_left = ann.backoff_left.saturating_sub(1);
-            if let Some(t) = &mut ann.last_reboot_age {
-                bump(t, c.last_reboot);
-            }
+            age(&mut node.ann);
         }
         // The agent's copy of its Node ages the same way (it is the same record).
         if let Seen::Present(node) = &mut s.agents[n].node {
-            let ann = &mut node.ann;
-            if let Some(t) = &mut ann.triggered_age {
-                bump(t, c.triggered);
-            }
-            ann.backoff_left = ann.backoff_left.saturating_sub(1);
-            if let Some(t) = &mut ann.last_reboot_age {
-                bump(t, c.last_reboot);
-            }
+            age(&mut node.ann);
         }
     }
 }
