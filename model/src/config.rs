@@ -169,7 +169,7 @@ impl Config {
     /// This configuration with `faults` enabled, at most `budget` per run.
     pub fn with_faults(mut self, faults: &[Fault], budget: u8) -> Self {
         self.faults = faults.to_vec();
-        self.budget = budget;
+        self.budget = if faults.is_empty() { 0 } else { budget };
         self
     }
 

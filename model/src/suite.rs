@@ -55,10 +55,20 @@ pub fn full() -> Vec<Config> {
     cp.group_by_zone = true;
     cp.nodes = vec![node("a", true, true), node("b", true, true)];
     all.push(cp);
-    let mut three = Config::base("three-nodes-one-flagged", 3).with_faults(&[Fault::Flag], 1);
-    three.nodes[1].flagged = false;
-    three.nodes[2].flagged = false;
-    all.push(three);
+    if std::env::var_os("BATON_MODEL_THREE_FLAGGED").is_some() {
+        let mut three = Config::base("three-nodes-two-flagged", 3);
+        three.nodes[2].flagged = false;
+        all.push(three);
+    }
+    for (name, faults) in [
+        ("three-nodes-one-flagged", &[][..]),
+        ("three-nodes-one-flagged+kill", &[Fault::Kill][..]),
+    ] {
+        let mut three = Config::base(name, 3).with_faults(faults, 1);
+        three.nodes[1].flagged = false;
+        three.nodes[2].flagged = false;
+        all.push(three);
+    }
     all
 }
 
