@@ -3,7 +3,7 @@
 # there already. Called by the README's two commands (tests/run.sh, tests/demo.sh) and by CI.
 #   Debian packages: the real-node tier (containerd, runc, CNI plugins, busybox, buildah,
 #   iptables, util-linux's nsenter), the musl toolchain for the static image build, and
-#   prometheus (the real server the alert-blocker tests query).
+#   prometheus (the real server the alert-blocker and monitoring tests run, and its promtool).
 #   Rust: rustfmt, clippy and the musl target.
 set -euo pipefail
 

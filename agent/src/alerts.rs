@@ -298,7 +298,7 @@ impl Prometheus {
             Ok(alerts) => describe(&filter.blocking(&alerts)),
             Err(e) => Some(format!(
                 "blocked: could not check Prometheus alerts ({})",
-                error_chain(&e)
+                crate::text::error_chain(&e)
             )),
         }
     }
@@ -319,18 +319,6 @@ pub fn describe(names: &[String]) -> Option<String> {
             shown.join(", ")
         )
     })
-}
-
-/// `e` and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

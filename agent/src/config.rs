@@ -6,12 +6,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use regex::Regex;
 
 use crate::alerts::{Filter as AlertFilter, PrometheusUrl};
 use crate::drain::{Options as DrainOptions, TimeoutAction};
+use crate::notify::{Endpoint, Kind, Template, Templates};
 use crate::privilege::User;
 use crate::window::{self, Window};
 
@@ -228,6 +229,40 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub drain: DrainArgs,
 
+    /// Wait this long after cordoning before the drain starts (kured's --drain-delay waits
+    /// before its cordon); the node takes no new pods meanwhile.
+    #[arg(long, env = "BATON_DRAIN_DELAY", default_value = "0s",
+          value_parser = duration_in(Duration::ZERO, MAX_DELAY), allow_hyphen_values = true)]
+    pub drain_delay: Duration,
+
+    /// Wait this long after the drain before the reboot (baton checks once more, after it,
+    /// that the node is drained).
+    #[arg(long, env = "BATON_REBOOT_DELAY", default_value = "0s",
+          value_parser = duration_in(Duration::ZERO, MAX_DELAY), allow_hyphen_values = true)]
+    pub reboot_delay: Duration,
+
+    /// Labels (`key=value,...`) set on the node with the cordon, when its cycle starts. The
+    /// admission policy must allow them (README, "Node labels").
+    #[arg(long, env = "BATON_PRE_REBOOT_NODE_LABELS", action = ArgAction::Append,
+          value_parser = parse_node_labels)]
+    pub pre_reboot_node_labels: Vec<NodeLabels>,
+
+    /// Labels (`key=value,...`) set on the node when its cycle ends: with the uncordon after
+    /// the reboot, or when the cycle stops without one.
+    #[arg(long, env = "BATON_POST_REBOOT_NODE_LABELS", action = ArgAction::Append,
+          value_parser = parse_node_labels)]
+    pub post_reboot_node_labels: Vec<NodeLabels>,
+
+    /// kured's --annotate-nodes, accepted and ignored: baton always keeps its state in
+    /// `baton.dev/` annotations on the Node.
+    #[arg(long, env = "BATON_ANNOTATE_NODES", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::value_parser!(bool), value_name = "BOOL")]
+    pub annotate_nodes: Option<bool>,
+
+    /// Where to post notifications.
+    #[command(flatten)]
+    pub notify: NotifyArgs,
+
     /// How long to wait after a failed drain before trying again.
     #[arg(long, env = "BATON_DRAIN_FAILURE_BACKOFF", default_value = "5m",
           value_parser = duration_in(POSITIVE, MAX_BACKOFF), allow_hyphen_values = true)]
@@ -315,6 +350,165 @@ fn parse_days(s: &str) -> Result<Days, String> {
 
 fn parse_dates(s: &str) -> Result<Dates, String> {
     window::parse_dates(s).map(Dates)
+}
+
+/// Node labels (a newtype, so clap takes a list as one value).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeLabels(pub Vec<(String, String)>);
+
+/// `key=value,...` (kured's form); an empty string is no labels.
+fn parse_node_labels(s: &str) -> Result<NodeLabels, String> {
+    let mut labels = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not key=value"))?;
+        let key = parse_label_key(key).map_err(|e| format!("{key:?}: {e}"))?;
+        if key.starts_with("baton.dev/") {
+            return Err(format!("{key:?}: baton.dev/ is baton's own prefix"));
+        }
+        if !label_value_ok(value) {
+            return Err(format!(
+                "{value:?} is not a label value: up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+            ));
+        }
+        labels.push((key, value.to_owned()));
+    }
+    Ok(NodeLabels(labels))
+}
+
+/// A label value: empty, or up to 63 letters, digits, `-`, `_` or `.`, with a letter or digit
+/// at each end.
+fn label_value_ok(v: &str) -> bool {
+    let alnum = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    v.is_empty()
+        || (v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && alnum(v.bytes().next())
+            && alnum(v.bytes().last()))
+}
+
+/// A `--notify-url` as given: a secret, never shown (clap would repeat a refused value, so it
+/// is checked later, by [`NotifyArgs::endpoints`], whose errors do not repeat it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretUrl(…)")
+    }
+}
+
+fn parse_secret_url(s: &str) -> Result<SecretUrl, String> {
+    Ok(SecretUrl(s.to_owned()))
+}
+
+/// The default message of each notification (`{node}`, `{event}`, `{reason}`, `{message}`).
+const TEMPLATE_STARTED: &str = "{node}: maintenance started ({message})";
+const TEMPLATE_DRAINED: &str = "{node}: drained ({message})";
+const TEMPLATE_REBOOTING: &str = "{node}: rebooting ({message})";
+const TEMPLATE_COMPLETED: &str = "{node}: rebooted and back ({message})";
+const TEMPLATE_FAILED: &str = "{node}: maintenance failed, {reason} ({message})";
+const TEMPLATE_GAVE_UP: &str = "{node}: baton gave up, {reason} ({message})";
+const TEMPLATE_CANCELLED: &str = "{node}: maintenance ended without a reboot, {reason} ({message})";
+
+/// Notifications: where, and what they say.
+#[derive(Debug, Clone, Args)]
+pub struct NotifyArgs {
+    /// Post each cycle event to this webhook: `https://...` (generic JSON; Slack's or Teams'
+    /// shape for hooks.slack.com and *.webhook.office.com), `slack+https://...`,
+    /// `teams+https://...`, `json+https://...`, or kured's `slack://...` / `teams://...`.
+    /// Repeat the flag, or separate URLs with commas or spaces. A secret: never logged.
+    #[arg(long, env = "BATON_NOTIFY_URL", action = ArgAction::Append, value_name = "URL",
+          hide_env_values = true, value_parser = parse_secret_url)]
+    pub notify_url: Vec<SecretUrl>,
+
+    /// How long one attempt to post a notification may take, from connecting to the answer
+    /// (then two more attempts, 1 s and 2 s apart).
+    #[arg(long, env = "BATON_NOTIFY_TIMEOUT", default_value = "10s",
+          value_parser = duration_in(POSITIVE, MAX_NOTIFY_TIMEOUT), allow_hyphen_values = true)]
+    pub notify_timeout: Duration,
+
+    /// Message when a cycle starts (cordoned, holding the baton); kured's
+    /// --message-template-drain.
+    #[arg(long, env = "BATON_MESSAGE_TEMPLATE_STARTED", alias = "message-template-drain",
+          default_value = TEMPLATE_STARTED, value_parser = Template::parse)]
+    pub message_template_started: Template,
+
+    /// Message when the node is drained.
+    #[arg(long, env = "BATON_MESSAGE_TEMPLATE_DRAINED", default_value = TEMPLATE_DRAINED,
+          value_parser = Template::parse)]
+    pub message_template_drained: Template,
+
+    /// Message when the reboot is triggered; kured's --message-template-reboot.
+    #[arg(long, env = "BATON_MESSAGE_TEMPLATE_REBOOTING", alias = "message-template-reboot",
+          default_value = TEMPLATE_REBOOTING, value_parser = Template::parse)]
+    pub message_template_rebooting: Template,
+
+    /// Message when the node rebooted and is uncordoned; kured's --message-template-uncordon.
+    #[arg(long, env = "BATON_MESSAGE_TEMPLATE_COMPLETED", alias = "message-template-uncordon",
+          default_value = TEMPLATE_COMPLETED, value_parser = Template::parse)]
+    pub message_template_completed: Template,
+
+    /// Message when a cycle stops on a failure (drain failed, lease lost, stalled, ...).
+    #[arg(long, env = "BATON_MESSAGE_TEMPLATE_FAILED", default_value = TEMPLATE_FAILED,
+          value_parser = Template::parse)]
+    pub message_template_failed: Template,
+
+    /// Message when baton stops rebooting the node until a human looks.
+    #[arg(long, env = "BATON_MESSAGE_TEMPLATE_GAVE_UP", default_value = TEMPLATE_GAVE_UP,
+          value_parser = Template::parse)]
+    pub message_template_gave_up: Template,
+
+    /// Message when a cycle ends without a reboot by design (flag cleared, dry run).
+    #[arg(long, env = "BATON_MESSAGE_TEMPLATE_CANCELLED", default_value = TEMPLATE_CANCELLED,
+          value_parser = Template::parse)]
+    pub message_template_cancelled: Template,
+}
+
+impl NotifyArgs {
+    /// The webhooks, each value split at commas and white space. An error names the URL by
+    /// its position only: a URL is a secret.
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>, String> {
+        let urls = self
+            .notify_url
+            .iter()
+            .flat_map(|u| u.0.split([',', ' ', '\t', '\n']))
+            .filter(|u| !u.is_empty());
+        urls.enumerate()
+            .map(|(i, u)| {
+                Endpoint::parse(u).map_err(|e| format!("--notify-url (URL {}): {e}", i + 1))
+            })
+            .collect()
+    }
+
+    /// What the notifier needs; an error is one line naming the flag (and no secret).
+    pub fn settings(&self) -> Result<crate::notify::Settings, String> {
+        Ok(crate::notify::Settings {
+            endpoints: self.endpoints()?,
+            templates: self.templates(),
+            timeout: self.notify_timeout,
+        })
+    }
+
+    /// The templates, by notification.
+    pub fn templates(&self) -> Templates {
+        Templates {
+            by_kind: Kind::ALL.map(|k| {
+                match k {
+                    Kind::Started => &self.message_template_started,
+                    Kind::Drained => &self.message_template_drained,
+                    Kind::Rebooting => &self.message_template_rebooting,
+                    Kind::Completed => &self.message_template_completed,
+                    Kind::Failed => &self.message_template_failed,
+                    Kind::GaveUp => &self.message_template_gave_up,
+                    Kind::Cancelled => &self.message_template_cancelled,
+                }
+                .clone()
+            }),
+        }
+    }
 }
 
 /// `baton drain NODE`.
@@ -582,6 +776,11 @@ const MAX_API_TIMEOUT: Duration = Duration::from_secs(3600);
 const MAX_SETTLE_TIME: Duration = DAY;
 /// The longest `--drain-timeout`: a drain still blocked after a week needs a human, not time.
 const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
+/// The longest `--drain-delay` and `--reboot-delay`: the node holds the baton while it waits,
+/// so the whole rollout waits too; longer is a pause, which has its own switch.
+const MAX_DELAY: Duration = Duration::from_secs(3600);
+/// The longest `--notify-timeout`: a webhook that takes longer is down.
+const MAX_NOTIFY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest `--skip-wait-for-delete-timeout`: a pod terminating for a day is stuck.
 const MAX_SKIP_WAIT: Duration = DAY;
 
@@ -815,6 +1014,7 @@ impl AgentArgs {
                 self.start_time
             ));
         }
+        self.notify.endpoints()?;
         if self.alert_filter_match_only && self.alert_include_regexp.is_some() {
             return Err(
                 "--alert-filter-match-only and --alert-include-regexp cannot be used together"
@@ -850,6 +1050,17 @@ impl AgentArgs {
             self.time_zone.clone(),
             &self.blackout_dates.0,
         )
+    }
+
+    /// The labels set when a cycle starts (`pre`) or ends; a key given twice takes its last
+    /// value.
+    pub fn node_labels(&self, pre: bool) -> std::collections::BTreeMap<String, String> {
+        let given = if pre {
+            &self.pre_reboot_node_labels
+        } else {
+            &self.post_reboot_node_labels
+        };
+        given.iter().flat_map(|l| l.0.iter().cloned()).collect()
     }
 
     /// How often the holder renews the Lease: three renewals fit in one TTL, so one or two
@@ -994,6 +1205,9 @@ mod tests {
             "agent --skip-wait-for-delete-timeout",
             "agent --drain-failure-backoff",
             "agent --api-timeout",
+            "agent --drain-delay",
+            "agent --reboot-delay",
+            "agent --notify-timeout",
             "drain --drain-timeout",
             "drain --skip-wait-for-delete-timeout",
             "drain --api-timeout",
@@ -1365,6 +1579,165 @@ mod tests {
         .unwrap();
         assert_eq!(a.reboot_days.0.len(), 2);
         assert_eq!(a.blackout_dates.0.len(), 1);
+    }
+
+    #[test]
+    fn notify_urls_repeat_split_and_never_show_in_an_error() {
+        let a = parse(&[
+            "--node-name",
+            "n1",
+            "--notify-url",
+            "https://hooks.slack.com/services/T1/B2/X3",
+            "--notify-url",
+            "teams+https://t.example.com/a, json+http://127.0.0.1:9/b http://h/c",
+        ])
+        .unwrap();
+        let formats: Vec<_> = a
+            .notify
+            .endpoints()
+            .unwrap()
+            .iter()
+            .map(|e| e.format.as_str())
+            .collect();
+        assert_eq!(formats, ["slack", "teams", "json", "json"]);
+        assert!(a.check().is_ok());
+        assert!(
+            !format!("{a:?}").contains("hooks.slack.com"),
+            "Debug shows no URL"
+        );
+        let bad = parse(&[
+            "--node-name",
+            "n1",
+            "--notify-url",
+            "https://ok.example.com/x,ftp://host/SECRET",
+        ])
+        .unwrap();
+        let err = bad.check().unwrap_err();
+        assert!(
+            err.starts_with("--notify-url (URL 2): unsupported scheme"),
+            "{err}"
+        );
+        assert!(!err.contains("SECRET") && !err.contains('\n'), "{err}");
+        assert!(
+            parse(&["--node-name", "n1"])
+                .unwrap()
+                .notify
+                .endpoints()
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn message_templates_take_kured_names_and_refuse_unknown_placeholders() {
+        use crate::notify::{Kind, Notice};
+        let a = parse(&[
+            "--node-name",
+            "n1",
+            "--message-template-drain",
+            "Draining node %s",
+            "--message-template-reboot=Rebooting node %s",
+            "--message-template-uncordon",
+            "Node %s rebooted & uncordoned successfully!",
+            "--message-template-failed",
+            "{node} {event}: {reason}",
+        ])
+        .unwrap();
+        let t = a.notify.templates();
+        let said = |kind: Kind| {
+            t.of(kind).render(&Notice {
+                node: "n1".into(),
+                kind,
+                reason: "DrainFailed".into(),
+                message: String::new(),
+                warning: false,
+                time: std::time::SystemTime::UNIX_EPOCH,
+            })
+        };
+        assert_eq!(said(Kind::Started), "Draining node n1");
+        assert_eq!(said(Kind::Rebooting), "Rebooting node n1");
+        assert_eq!(
+            said(Kind::Completed),
+            "Node n1 rebooted & uncordoned successfully!"
+        );
+        assert_eq!(said(Kind::Failed), "n1 failed: DrainFailed");
+        assert_eq!(said(Kind::Drained), "n1: drained ()");
+        let err =
+            parse(&["--node-name", "n1", "--message-template-gave-up", "{host}"]).unwrap_err();
+        assert!(
+            err.contains("--message-template-gave-up")
+                && err.contains("{host}")
+                && !err.contains('\n'),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn node_labels_follow_kured_and_are_checked() {
+        let a = parse(&[
+            "--node-name",
+            "n1",
+            "--pre-reboot-node-labels",
+            "example.com/maintenance=true,phase=",
+            "--pre-reboot-node-labels=rack=r1",
+            "--post-reboot-node-labels",
+            "example.com/maintenance=false",
+        ])
+        .unwrap();
+        let pre = a.node_labels(true);
+        assert_eq!(pre.len(), 3);
+        assert_eq!(pre["example.com/maintenance"], "true");
+        assert_eq!(pre["phase"], "");
+        assert_eq!(a.node_labels(false)["example.com/maintenance"], "false");
+        assert!(
+            parse(&["--node-name", "n1", "--post-reboot-node-labels", ""])
+                .unwrap()
+                .node_labels(false)
+                .is_empty()
+        );
+        for bad in [
+            "novalue",
+            "Bad_Key!=x",
+            "k=-bad-",
+            "baton.dev/phase=x",
+            &format!("k={}", "v".repeat(64)),
+        ] {
+            let err = parse(&["--node-name", "n1", "--pre-reboot-node-labels", bad]).unwrap_err();
+            assert!(
+                err.contains("--pre-reboot-node-labels") && !err.contains('\n'),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn kured_annotate_nodes_and_delays_are_accepted() {
+        for flag in [
+            "--annotate-nodes",
+            "--annotate-nodes=true",
+            "--annotate-nodes=false",
+        ] {
+            assert!(
+                parse(&["--node-name", "n1", flag])
+                    .unwrap()
+                    .annotate_nodes
+                    .is_some(),
+                "{flag}"
+            );
+        }
+        assert_eq!(parse(&["--node-name", "n1"]).unwrap().annotate_nodes, None);
+        let a = parse(&[
+            "--node-name",
+            "n1",
+            "--drain-delay=30s",
+            "--reboot-delay",
+            "1m",
+        ])
+        .unwrap();
+        assert_eq!(
+            (a.drain_delay, a.reboot_delay),
+            (Duration::from_secs(30), Duration::from_secs(60))
+        );
     }
 
     #[test]

@@ -792,7 +792,7 @@ impl Drainer {
                         Err(e) => {
                             failed.push(PodFailure {
                                 pod: p.key(),
-                                why: error_chain(&e),
+                                why: crate::text::error_chain(&e),
                             });
                             failed_uids.insert(p.uid.clone());
                         }
@@ -929,7 +929,7 @@ impl Drainer {
             Ok(false) => Ok(Removed::Nothing),
             Err(e) => {
                 self.metrics.evictions.with_label_values(&["error"]).inc();
-                Err(error_chain(&e))
+                Err(crate::text::error_chain(&e))
             }
         }
     }
@@ -1095,17 +1095,6 @@ fn api_message(e: &kube::Error) -> String {
         kube::Error::Api(s) => s.message.clone(),
         e => e.to_string(),
     }
-}
-
-/// An error and its causes, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut causes = vec![e.to_string()];
-    let mut next = e.source();
-    while let Some(c) = next {
-        causes.push(c.to_string());
-        next = c.source();
-    }
-    causes.join(": ")
 }
 
 fn namespace_terminating(s: &kube::core::Status) -> bool {

@@ -20,6 +20,7 @@ pub mod lease;
 pub mod machine;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod operate;
 pub mod privilege;
 pub mod reboot;

@@ -262,6 +262,17 @@ pub enum AbortReason {
 }
 
 impl AbortReason {
+    /// Every reason.
+    pub const ALL: [AbortReason; 7] = [
+        AbortReason::DrainFailed,
+        AbortReason::RebootDidNotHappen,
+        AbortReason::LeaseLost,
+        AbortReason::FlagCleared,
+        AbortReason::DryRun,
+        AbortReason::Inconsistent,
+        AbortReason::Stalled,
+    ];
+
     /// A short label for logs, metrics and Events.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -130,6 +130,11 @@ fn agent(args: AgentArgs) -> ExitCode {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    if args.annotate_nodes.is_some() {
+        tracing::info!(
+            "--annotate-nodes (kured) has no effect: baton always keeps its state in baton.dev/ annotations on the Node"
+        );
+    }
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };

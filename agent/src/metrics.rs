@@ -5,7 +5,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::machine::Phase;
+use crate::machine::{AbortReason, Phase};
 
 /// Drain duration buckets in seconds: from a near-empty node to the 30-minute drains of PDB-heavy
 /// nodes.
@@ -15,6 +15,9 @@ const DRAIN_BUCKETS: [f64; 10] = [
 
 /// The values of `baton_blocked`'s label.
 pub const BLOCKERS: [&str; 3] = ["pod", "alert", "pdb"];
+
+/// The values of `baton_notifications_total`'s label.
+pub const NOTIFICATION_OUTCOMES: [&str; 3] = ["sent", "failed", "dropped"];
 
 /// Every metric baton exports.
 #[derive(Debug, Clone)]
@@ -49,6 +52,16 @@ pub struct Metrics {
     /// 1 while baton refuses to reboot again: reboots did not clear the flag, or triggers did
     /// not reboot the host (`--max-reboot-attempts`).
     pub reboot_loop_stopped: IntGauge,
+    /// 1 for each Lease (slot) this node holds, by name: who holds which slot, for dashboards
+    /// (names are bounded by --concurrency and the groups).
+    pub lease_held: IntGaugeVec,
+    /// The Leases `lease_held` shows.
+    leases_shown: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Notifications by outcome (`sent`, `failed` after every retry, `dropped` from a full
+    /// queue); no per-URL label: URLs are secrets.
+    pub notifications: IntCounterVec,
+    /// 1 once the agent is ready (what `/readyz` answers), 0 before.
+    pub ready: IntGauge,
 }
 
 impl Metrics {
@@ -115,6 +128,22 @@ impl Metrics {
                 "baton_reboot_loop_stopped",
                 "1 while baton refuses to reboot again (--max-reboot-attempts reached)",
             )?,
+            leases_shown: Default::default(),
+            lease_held: IntGaugeVec::new(
+                Opts::new(
+                    "baton_lease_held",
+                    "1 for each Lease (slot) this node holds, by name",
+                ),
+                &["lease"],
+            )?,
+            notifications: IntCounterVec::new(
+                Opts::new(
+                    "baton_notifications_total",
+                    "Notifications by outcome (sent, failed, dropped)",
+                ),
+                &["outcome"],
+            )?,
+            ready: IntGauge::new("baton_ready", "1 once the agent is ready (/readyz)")?,
             registry,
         };
         let r = &m.registry;
@@ -132,6 +161,9 @@ impl Metrics {
         r.register(Box::new(m.in_window.clone()))?;
         r.register(Box::new(m.blocked.clone()))?;
         r.register(Box::new(m.reboot_loop_stopped.clone()))?;
+        r.register(Box::new(m.lease_held.clone()))?;
+        r.register(Box::new(m.notifications.clone()))?;
+        r.register(Box::new(m.ready.clone()))?;
         for scope in ["node", "cluster"] {
             m.paused.with_label_values(&[scope]);
         }
@@ -140,6 +172,14 @@ impl Metrics {
         }
         for p in ["evicted", "gone", "pdb_blocked", "error"] {
             m.evictions.with_label_values(&[p]);
+        }
+        // Every series a rule or a dashboard reads exists from the start at 0: Prometheus'
+        // increase() cannot see a counter's first step from nothing.
+        for o in NOTIFICATION_OUTCOMES {
+            m.notifications.with_label_values(&[o]);
+        }
+        for r in AbortReason::ALL {
+            m.aborts.with_label_values(&[r.as_str()]);
         }
         m.set_phase(Phase::Idle);
         Ok(m)
@@ -152,6 +192,19 @@ impl Metrics {
                 .with_label_values(&[p.as_str()])
                 .set(i64::from(p == phase));
         }
+    }
+
+    /// Exactly the Leases in `held` show as held (the others' series are removed, never all
+    /// at once: a scrape meanwhile sees no gap).
+    pub fn set_leases_held(&self, held: &[&str]) {
+        let mut shown = self.leases_shown.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in shown.iter().filter(|l| !held.contains(&l.as_str())) {
+            let _ = self.lease_held.remove_label_values(&[gone]);
+        }
+        for lease in held {
+            self.lease_held.with_label_values(&[lease]).set(1);
+        }
+        *shown = held.iter().map(|l| (*l).to_owned()).collect();
     }
 
     /// The text exposition of every metric.
@@ -184,11 +237,30 @@ mod tests {
             "baton_errors_total{kind=\"api\"} 1",
             "baton_flag_check_failures_total{source=\"command\"} 1",
             "baton_blocked{blocker=\"alert\"} 0",
+            "baton_notifications_total{outcome=\"dropped\"} 0",
+            "baton_cycles_aborted_total{reason=\"drain_failed\"} 0",
+            "baton_ready 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("baton_"), "{line}");
         }
+    }
+
+    #[test]
+    fn only_the_leases_held_now_show() {
+        let m = Metrics::new().unwrap();
+        m.set_leases_held(&["baton", "baton-control-plane"]);
+        m.set_leases_held(&["baton-1"]);
+        let text = m.render();
+        assert!(
+            text.contains("baton_lease_held{lease=\"baton-1\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("lease=\"baton\""), "{text}");
+        assert!(!text.contains("baton-control-plane"), "{text}");
+        m.set_leases_held(&[]);
+        assert!(!m.render().contains("baton_lease_held{"));
     }
 }

@@ -13,6 +13,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::{Value, json};
 
 use crate::machine::{NodeState, Phase};
+use crate::notify::{self, Notifier};
 
 /// Set by a human (any value, used as the reason) to request a reboot; removed when done.
 pub const REBOOT_REQUESTED: &str = "baton.dev/reboot-requested";
@@ -241,6 +242,8 @@ pub fn is_unschedulable(node: &Node) -> bool {
 pub struct Update {
     /// New annotation values (`null` removes).
     pub annotations: serde_json::Map<String, Value>,
+    /// Labels to set (`--pre-reboot-node-labels`, `--post-reboot-node-labels`).
+    pub labels: BTreeMap<String, String>,
     /// `Some(true)` cordons, `Some(false)` uncordons.
     pub unschedulable: Option<bool>,
     /// Apply only if the Node is still at this resourceVersion.
@@ -251,6 +254,9 @@ impl Update {
     /// The JSON merge patch.
     pub fn patch(&self) -> Value {
         let mut meta = json!({"annotations": self.annotations});
+        if !self.labels.is_empty() {
+            meta["labels"] = json!(self.labels);
+        }
         if let Some(rv) = &self.resource_version {
             meta["resourceVersion"] = rv.clone().into();
         }
@@ -269,11 +275,12 @@ pub async fn apply(api: &Api<Node>, name: &str, update: &Update) -> Result<Node,
         .await
 }
 
-/// Publishes Events about this Node.
+/// Publishes Events about this Node, and the notifications of a cycle's Events.
 #[derive(Clone)]
 pub struct Events {
     recorder: Recorder,
     reference: ObjectReference,
+    notifier: Notifier,
 }
 
 impl std::fmt::Debug for Events {
@@ -300,11 +307,28 @@ impl Events {
         Self {
             recorder: Recorder::new(client, reporter),
             reference,
+            notifier: Notifier::default(),
         }
     }
 
+    /// Also posts every cycle Event to `notifier`'s webhooks.
+    pub fn notifying(self, notifier: Notifier) -> Self {
+        Self { notifier, ..self }
+    }
+
     /// Publishes one Event, its note cut to the API's limit; a failure is logged, never fatal.
+    /// A cycle's Event is also queued as a notification (which never waits).
     pub async fn publish(&self, warning: bool, reason: &str, action: &str, note: String) {
+        if let Some(kind) = notify::Kind::of_reason(reason) {
+            self.notifier.send(&notify::Notice {
+                node: self.reference.name.clone().unwrap_or_default(),
+                kind,
+                reason: reason.to_owned(),
+                message: crate::text::truncate(&note, crate::text::EVENT_NOTE_MAX).into_owned(),
+                warning,
+                time: SystemTime::now(),
+            });
+        }
         let ev = Event {
             type_: if warning {
                 EventType::Warning
@@ -458,5 +482,15 @@ mod tests {
         assert_eq!(p["metadata"]["annotations"][PHASE], json!("draining"));
         u.unschedulable = Some(false);
         assert_eq!(u.patch()["spec"]["unschedulable"], Value::Null);
+        assert!(
+            u.patch()["metadata"].get("labels").is_none(),
+            "no labels, no field"
+        );
+        u.labels
+            .insert("example.com/maintenance".into(), "true".into());
+        assert_eq!(
+            u.patch()["metadata"]["labels"],
+            json!({"example.com/maintenance": "true"})
+        );
     }
 }

@@ -93,6 +93,7 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> ([(&'static str, &'static str); 1], String) {
+    s.metrics.ready.set(i64::from(s.ready.is_ready()));
     (
         [("content-type", "text/plain; version=0.0.4")],
         s.metrics.render(),

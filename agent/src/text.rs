@@ -1,6 +1,6 @@
 //! Bounding text that baton passes on: Event notes (the API refuses one over its limit, and the
 //! Event is lost), and reasons written by someone else (an annotation, the pause ConfigMap) that
-//! baton repeats in Events, Node annotations and logs.
+//! baton repeats in Events, Node annotations and logs; and errors with their causes on one line.
 
 use std::borrow::Cow;
 
@@ -28,6 +28,18 @@ pub fn truncate(s: &str, max: usize) -> Cow<'_, str> {
         .find(|&i| s.is_char_boundary(i))
         .unwrap_or(0);
     Cow::Owned(format!("{}{mark}", &s[..end]))
+}
+
+/// An error and its causes, on one line: `outer: inner: root`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    s
 }
 
 #[cfg(test)]
@@ -68,5 +80,16 @@ mod tests {
                 assert!(max < CUT.len() + 4 || cut.ends_with(CUT), "{max}: {cut}");
             }
         }
+    }
+
+    #[test]
+    fn an_error_chain_is_one_line_outermost_first() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("posting")]
+        struct Outer(#[source] std::io::Error);
+        assert_eq!(
+            error_chain(&Outer(std::io::Error::other("refused"))),
+            "posting: refused"
+        );
     }
 }

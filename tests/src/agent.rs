@@ -115,6 +115,11 @@ impl SimNode {
         &self.dir
     }
 
+    /// The port of the agent's /metrics (and probes), on 127.0.0.1.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
     /// How many times this node rebooted.
     pub fn boots(&self) -> u32 {
         self.boots

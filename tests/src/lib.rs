@@ -17,6 +17,7 @@ pub mod relay;
 pub mod rollout;
 pub mod scenario;
 pub mod wait;
+pub mod webhook;
 
 pub use cluster::{Cluster, shared, shared_audited};
 pub use wait::wait_for;

@@ -159,3 +159,30 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
         Err(e) => format!("(could not read {}: {e})", path.display()),
     }
 }
+
+/// Runs `cmd` with `args`, feeding it `stdin`, and returns its standard output; panics, with
+/// its standard error, unless it succeeds (for tests running kubectl, helm and the like).
+pub fn output_of(mut cmd: Command, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let what = format!("{:?} {args:?}", cmd.get_program());
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -1055,6 +1055,38 @@ fn bad_flags_exit_non_zero_with_one_clear_line() {
             Some(("BATON_LOCK_TTL", "soon")),
             "--lock-ttl",
         ),
+        // A URL is a secret: the error names it by position, never repeats it.
+        (
+            vec!["agent", "--node-name=n1"],
+            Some((
+                "BATON_NOTIFY_URL",
+                "https://hooks.example.com/SECRET-1 ftp://host/SECRET-2",
+            )),
+            "--notify-url (URL 2): unsupported scheme",
+        ),
+        (
+            vec![
+                "agent",
+                "--node-name=n1",
+                "--notify-url=slack://xoxb:SECRET-3@C1",
+            ],
+            None,
+            "--notify-url (URL 1): Slack bot tokens are not supported",
+        ),
+        (
+            vec!["agent", "--node-name=n1"],
+            Some(("BATON_PRE_REBOOT_NODE_LABELS", "example.com/maintenance")),
+            "--pre-reboot-node-labels",
+        ),
+        (
+            vec![
+                "agent",
+                "--node-name=n1",
+                "--message-template-failed={host} failed",
+            ],
+            None,
+            "--message-template-failed",
+        ),
     ] {
         let mut cmd = std::process::Command::new(&bin);
         cmd.args(&args).env_remove("BATON_NODE_NAME");
@@ -1066,7 +1098,170 @@ fn bad_flags_exit_non_zero_with_one_clear_line() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("SECRET"), "{args:?}: {stderr}");
     }
+}
+
+/// kured's `--log-format=json`: every line the agent logs is one JSON object with the time, the
+/// level, the message and its structured fields at the top level — a notification URL among
+/// them only as its scheme and host.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_their_fields() {
+    let cluster = shared();
+    let ns = "cycle-json-log";
+    let (_client, names) = setup(cluster, ns, 1).await;
+    let mut nodes = sims(
+        cluster,
+        ns,
+        &names,
+        Method::Command,
+        &[
+            "--log-format=json",
+            "--notify-url=https://hooks.slack.com/services/T1/B2/SECRET-TOKEN",
+        ],
+    );
+    nodes[0].start().unwrap();
+    nodes[0].wait_ready(SETTLE).await.unwrap();
+    let log = nodes[0].log();
+    // The first line is the test harness' own marker.
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 2, "{log}");
+    for l in &lines {
+        assert!(l["timestamp"].as_str().is_some(), "{l}");
+        assert!(
+            ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
+                .contains(&l["level"].as_str().unwrap_or("")),
+            "{l}"
+        );
+        assert!(l["message"].as_str().is_some(), "{l}");
+        assert!(
+            l["target"].as_str().is_some_and(|t| t.starts_with("baton")),
+            "{l}"
+        );
+    }
+    let posting = lines
+        .iter()
+        .find(|l| l["message"] == "posting notifications to")
+        .unwrap_or_else(|| panic!("no notification line in {log}"));
+    assert_eq!(posting["urls"], "[\"slack+https://hooks.slack.com/…\"]");
+    assert!(!log.contains("SECRET-TOKEN"), "{log}");
+}
+
+/// kured's --pre/post-reboot-node-labels, --drain-delay and --reboot-delay: the pre-reboot
+/// label is on the node while it drains (set with the cordon), the post-reboot one after the
+/// cycle; the drain starts a drain delay after the cordon, the reboot a reboot delay after the
+/// drain (the Events' times show both).
+#[tokio::test]
+async fn kured_node_labels_and_delays_frame_the_cycle() {
+    let cluster = shared();
+    let ns = "cycle-kured";
+    let (client, names) = setup(cluster, ns, 1).await;
+    fixtures::create_nginx(&client, ns, 1, ns, None)
+        .await
+        .unwrap();
+    let mut nodes = sims(
+        cluster,
+        ns,
+        &names,
+        Method::Command,
+        &[
+            "--pre-reboot-node-labels=baton.test/maintenance=true,baton.test/window=open",
+            "--post-reboot-node-labels=baton.test/maintenance=false",
+            "--drain-delay=3s",
+            "--reboot-delay=3s",
+            "--annotate-nodes",
+        ],
+    );
+    let label = |n: &Node, key: &str| -> Option<String> {
+        n.metadata.labels.as_ref().and_then(|l| l.get(key).cloned())
+    };
+    flag_and_start(&mut nodes);
+    let api: Api<Node> = Api::all(client.clone());
+    let draining = wait_for("the node draining", SETTLE, || async {
+        let n = api.get(&names[0]).await?;
+        Ok((phase(&n).as_deref() == Some("draining")).then_some(n))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        label(&draining, "baton.test/maintenance").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        label(&draining, "baton.test/window").as_deref(),
+        Some("open")
+    );
+    roll(cluster, &client, ns, &names, &mut nodes).await;
+    let done = api.get(&names[0]).await.unwrap();
+    assert_eq!(
+        label(&done, "baton.test/maintenance").as_deref(),
+        Some("false")
+    );
+    assert_eq!(label(&done, "baton.test/window").as_deref(), Some("open"));
+
+    let events = fixtures::node_events(&client, &names[0]).await.unwrap();
+    let at = |reason: &str| {
+        events
+            .iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+            .and_then(|e| e.event_time.as_ref())
+            .map(|t| t.0)
+            .unwrap_or_else(|| panic!("no {reason} Event"))
+    };
+    // The drain delay counts from the cordon, recorded with it as the phase's start.
+    let cordoned: k8s_openapi::jiff::Timestamp =
+        draining.metadata.annotations.as_ref().unwrap()["baton.dev/phase-since"]
+            .parse()
+            .unwrap();
+    let drain_delay = at("DrainStarted").duration_since(cordoned).as_secs_f64();
+    assert!(drain_delay >= 3.0, "drain delay: {drain_delay}");
+    let reboot_delay = at("Rebooting").duration_since(at("Drained")).as_secs_f64();
+    assert!(reboot_delay >= 3.0, "reboot delay: {reboot_delay}");
+}
+
+/// A cycle that stops without a reboot (here a drain refused by a PodDisruptionBudget until its
+/// timeout) still ends with `--post-reboot-node-labels`, as it ends with the uncordon: the node
+/// never keeps its "in maintenance" label after baton is done with it.
+#[tokio::test]
+async fn a_failed_cycle_ends_with_the_post_reboot_labels() {
+    let cluster = shared();
+    let ns = "cycle-kured-failed";
+    let key = "baton.test/maintenance";
+    let pre = format!("--pre-reboot-node-labels={key}=true");
+    let post = format!("--post-reboot-node-labels={key}=false");
+    let (client, names, nodes) =
+        stuck_draining(cluster, ns, &["--drain-timeout=8s", &pre, &post]).await;
+    let api: Api<Node> = Api::all(client.clone());
+    let label = |n: &Node| n.metadata.labels.as_ref().and_then(|l| l.get(key).cloned());
+    assert_eq!(
+        label(&api.get(&names[0]).await.unwrap()).as_deref(),
+        Some("true"),
+        "draining"
+    );
+    let ended = wait_for("the failed cycle to end", SETTLE, || async {
+        let n = api.get(&names[0]).await?;
+        let cordoned = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
+        Ok((phase(&n).is_none() && !cordoned).then_some(n))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", nodes[0].log()));
+    assert_eq!(label(&ended).as_deref(), Some("false"));
+    let events = fixtures::node_events(&client, &names[0]).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("DrainFailed")),
+        "{events:?}"
+    );
+    assert_eq!(nodes[0].triggers(), 0, "no reboot");
 }
 
 #[tokio::test]

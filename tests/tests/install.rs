@@ -5,14 +5,13 @@
 //! node's agent's own writes pass, the admission policies refuse the rest (README, "Threat
 //! model"), and what nothing can refuse is shown for what it is.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use baton_tests::agent::{Method, SimNode};
 use baton_tests::observe::Recorder;
+use baton_tests::process::output_of as run;
 use baton_tests::rollout::{drive, wait_idle};
 use baton_tests::{Cluster, fixtures, shared, wait_for};
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -78,30 +77,6 @@ fn kind<'a>(objects: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Val
 
 fn chart() -> String {
     manifests("helm/baton").display().to_string()
-}
-
-fn run(mut cmd: std::process::Command, args: &[&str], stdin: Option<&str>) -> String {
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let cmd = format!("{:?} {args:?}", cmd.get_program());
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Applies `manifests/` (the `command` variant) once per test binary, after a server-side dry run
@@ -458,7 +433,8 @@ async fn a_baton_token_changes_only_the_cordon_and_baton_annotations_of_its_own_
         .expect("the agent uncordons its own node and clears the request");
 
     let own = "its own pod runs on";
-    let meta = "labels, finalizers or owners";
+    let labels = "nodeLabels lists";
+    let meta = "finalizers or owners";
     let spec = "only spec.unschedulable";
     let annotations = "only baton.dev/ annotations";
     let pause = "baton.dev/pause";
@@ -480,19 +456,19 @@ async fn a_baton_token_changes_only_the_cordon_and_baton_annotations_of_its_own_
         (
             mine,
             json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}}),
-            meta,
+            labels,
             "giving its node a role label",
         ),
         (
             mine,
             json!({"metadata": {"labels": {"node-restriction.kubernetes.io/pool": "secret"}}}),
-            meta,
+            labels,
             "setting a label even the kubelet may not set",
         ),
         (
             mine,
             json!({"metadata": {"labels": {"baton.test/group": null}}}),
-            meta,
+            labels,
             "removing a label",
         ),
         (
@@ -608,6 +584,109 @@ async fn a_baton_token_changes_only_the_cordon_and_baton_annotations_of_its_own_
             has(format!(" object.?spec.?{field}")) && has(format!("oldObject.?spec.?{field}")),
             "the Node policy does not compare spec.{field}"
         );
+    }
+}
+
+/// With `--pre/post-reboot-node-labels`, the chart's policy lets a token bound to the agent's
+/// pod set exactly those labels, to exactly those values, on its own Node (the agent's own write,
+/// with the cordon and the uncordon, passes); any other value, another label, removing one, or
+/// another Node's label is refused.
+#[tokio::test]
+async fn a_baton_token_sets_only_the_node_labels_and_values_its_policy_lists() {
+    use baton::node::{self as agent_node, Update};
+    let cluster = shared();
+    let admin = cluster.client().await.unwrap();
+    let (release, ns) = ("baton-labels", "baton-labels");
+    let key = "baton.test/maintenance";
+    helm(
+        cluster,
+        &[
+            "install",
+            release,
+            &chart(),
+            "--namespace",
+            ns,
+            "--create-namespace",
+            "--wait=false",
+            "--set",
+            &format!("config.preRebootNodeLabels={key}=true"),
+            "--set",
+            &format!("config.postRebootNodeLabels={key}=false"),
+        ],
+    );
+    let names = ["labels-1", "labels-2"];
+    let pods = baton_pods(cluster, &admin, &names, "labels", ns).await;
+    let (_, token) = pod_token(cluster, &admin, &pods[0]).await;
+    let (mine, theirs) = (names[0], names[1]);
+    let nodes = Api::<Node>::all(token);
+    let pp = PatchParams::default();
+    let label = |k: &str, v: serde_json::Value| merge(json!({"metadata": {"labels": {k: v}}}));
+    let rule = "nodeLabels lists";
+    until_refused("a label value the policy does not list", rule, || async {
+        nodes
+            .patch(
+                mine,
+                &PatchParams::default().dry_run(),
+                &label(key, json!("evil")),
+            )
+            .await
+    })
+    .await;
+
+    // The agent's writes: the pre-reboot label with the cordon, the post-reboot one with the
+    // uncordon.
+    for (value, cordon) in [("true", true), ("false", false)] {
+        let mut update = Update {
+            unschedulable: Some(cordon),
+            ..Update::default()
+        };
+        update.labels.insert(key.into(), value.into());
+        update.annotations.insert(
+            agent_node::PHASE.into(),
+            if cordon {
+                "draining".into()
+            } else {
+                serde_json::Value::Null
+            },
+        );
+        let written = agent_node::apply(&nodes, mine, &update)
+            .await
+            .unwrap_or_else(|e| panic!("the agent sets {key}={value}: {e}"));
+        assert_eq!(written.metadata.labels.unwrap()[key], value);
+    }
+    for (node, patch, rule, what) in [
+        (
+            mine,
+            label(key, json!("evil")),
+            rule,
+            "a value the policy does not list",
+        ),
+        (
+            mine,
+            label("baton.test/other", json!("true")),
+            rule,
+            "another label",
+        ),
+        (
+            mine,
+            label(key, serde_json::Value::Null),
+            rule,
+            "removing the label",
+        ),
+        (
+            mine,
+            label("baton.test/group", json!("moved")),
+            rule,
+            "changing another label",
+        ),
+        (
+            theirs,
+            label(key, json!("true")),
+            "its own pod runs on",
+            "another node's label",
+        ),
+    ] {
+        refused(nodes.patch(node, &pp, &patch).await, rule, what);
     }
 }
 
@@ -1247,6 +1326,43 @@ fn the_chart_renders_the_manifests_admission_policies_and_follows_its_values() {
         policies(&render_chart(cluster, "baton", "baton-system", &[])),
         kustomized
     );
+
+    // With node labels: the README's kustomize patch and the chart's values give one policy.
+    let readme = std::fs::read_to_string(manifests("../README.md")).unwrap();
+    let section = &readme[readme.find("### Node labels").unwrap()..];
+    let snippet = &section[section.find("```yaml\n").unwrap() + 8..];
+    let snippet = &snippet[..snippet.find("```").unwrap()];
+    let overlay = tempfile::tempdir().unwrap();
+    let up = "../".repeat(overlay.path().components().count() - 1);
+    let base = manifests("").canonicalize().unwrap();
+    let patches: String = snippet
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect();
+    std::fs::write(
+        overlay.path().join("kustomization.yaml"),
+        format!(
+            "resources:\n  - {up}{}\n{patches}",
+            base.display().to_string().trim_start_matches('/')
+        ),
+    )
+    .unwrap();
+    let patched = policies(&kubectl(
+        cluster,
+        &["kustomize", overlay.path().to_str().unwrap()],
+        None,
+    ));
+    let labelled = policies(&render_chart(
+        cluster,
+        "baton",
+        "baton-system",
+        &[
+            "config.preRebootNodeLabels=example.com/maintenance=true",
+            "config.postRebootNodeLabels=example.com/maintenance=false",
+        ],
+    ));
+    assert_ne!(patched, kustomized, "the README's patch changes the policy");
+    assert_eq!(labelled, patched);
 
     let objects = objects(
         cluster,

@@ -37,6 +37,7 @@ use crate::lease::{Coordination, LeaseView};
 use crate::machine::{self, Limits, Observation, Phase};
 use crate::metrics::Metrics;
 use crate::node::{self, Events, Update};
+use crate::notify::Notifier;
 use crate::server::{self, Readiness};
 use crate::shutdown::Shutdown;
 use watch::{Latest, Seen, watch_named};
@@ -91,6 +92,18 @@ pub async fn run(
         crate::api::clients(args.api_timeout, &format!("node {}", args.node_name)).await?;
 
     let mut tasks = Tasks::new();
+    let (notifier, deliveries) = Notifier::start(
+        args.notify.settings().map_err(anyhow::Error::msg)?,
+        metrics.clone(),
+    )
+    .context("loading the system's CA certificates for --notify-url")?;
+    tasks.spawn(async move {
+        deliveries.await;
+        ("notifications", Ok(()))
+    });
+    if !notifier.redacted().is_empty() {
+        tracing::info!(urls = ?notifier.redacted(), "posting notifications to");
+    }
     {
         let (m, r, mut s) = (metrics.clone(), ready.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -199,6 +212,8 @@ pub async fn run(
         metrics,
         ready,
         events: None,
+        notifier,
+        wake_at: None,
         node_rx,
         node: Latest::default(),
         source_flag: Flag::Unknown("not checked yet".into()),
@@ -255,6 +270,10 @@ struct Agent {
     metrics: Metrics,
     ready: Readiness,
     events: Option<Events>,
+    /// Posts a cycle's Events to the --notify-url webhooks.
+    notifier: Notifier,
+    /// When a step that waits (--drain-delay, --reboot-delay) wants to decide again.
+    wake_at: Option<Instant>,
     node_rx: tokio::sync::watch::Receiver<Seen<Node>>,
     node: Latest<Node>,
     source_flag: Flag,
@@ -421,6 +440,7 @@ impl Agent {
         at(self.slots.wake_at().map(|t| t + WAKE_MARGIN));
         at(self.gates.wake_at());
         at(self.settle_retry_at);
+        at(self.wake_at.take());
         if let Some(state) = self.node.current.get().and_then(|n| node::state_of(n).ok()) {
             let now = SystemTime::now();
             let until = |t: SystemTime| t.duration_since(now).ok().map(|d| Instant::now() + d);
@@ -457,7 +477,9 @@ impl Agent {
 
     fn events(&mut self, node: &Node) -> Events {
         self.events
-            .get_or_insert_with(|| Events::new(self.client.clone(), node))
+            .get_or_insert_with(|| {
+                Events::new(self.client.clone(), node).notifying(self.notifier.clone())
+            })
             .clone()
     }
 
@@ -518,6 +540,7 @@ impl Agent {
         self.metrics
             .lock_held
             .set(i64::from(judged.view == LeaseView::Mine));
+        self.metrics.set_leases_held(&self.slots.held_names());
         self.metrics.set_phase(state.phase);
 
         let mut gate = self.gates.paused(&annotations);
@@ -649,6 +672,7 @@ impl Agent {
         } else if mine {
             tracing::info!("stopping mid-cycle: keeping the lease and the node's state");
         }
+        self.notifier.flush(crate::notify::FLUSH_GRACE).await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -386,6 +386,14 @@ impl Slots {
             .collect()
     }
 
+    /// The names of the Leases this node holds, as [`Slots::held`] judges them.
+    pub(super) fn held_names(&self) -> Vec<&str> {
+        self.held()
+            .into_iter()
+            .map(|i| self.slots[i].client.name())
+            .collect()
+    }
+
     /// Resolves when a Lease, a watched holder's Node or a keeper's verdict changes.
     pub(super) async fn changed(&mut self) {
         let mut all: Vec<std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>>> = Vec::new();

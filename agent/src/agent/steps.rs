@@ -2,7 +2,7 @@
 //! the Node in one PATCH together with the cordon change it goes with, so an agent killed between
 //! any two calls resumes from a consistent record.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow};
 use k8s_openapi::api::core::v1::Node;
@@ -119,6 +119,8 @@ impl Agent {
         };
         let update = Update {
             annotations: node::state_annotations(&next, SystemTime::now()),
+            // --pre-reboot-node-labels, with the cordon.
+            labels: self.args.node_labels(true),
             unschedulable: cordon.then_some(true),
             resource_version: cx.node.metadata.resource_version.clone(),
         };
@@ -164,6 +166,14 @@ impl Agent {
     /// is cancelled the moment it says anything else. This step starts it, or takes its result.
     async fn drain(&mut self, cx: &Subject<'_>) -> anyhow::Result<Next> {
         let Some(run) = self.drain.as_mut() else {
+            if self.delayed(
+                cx,
+                self.args.drain_delay,
+                "--drain-delay: draining",
+                "the cordon",
+            ) {
+                return Ok(Next::Wait);
+            }
             self.events(cx.node)
                 .publish(
                     false,
@@ -259,7 +269,31 @@ impl Agent {
         }
     }
 
+    /// Whether `delay`, counted from the current phase's start, is still running; if so, says
+    /// so (`{what} <delay> after {after}`) and wakes the loop when it ends.
+    fn delayed(&mut self, cx: &Subject<'_>, delay: Duration, what: &str, after: &str) -> bool {
+        let since = node::time_of(cx.node, node::PHASE_SINCE);
+        let Some(left) = delay_left(since, SystemTime::now(), delay) else {
+            return false;
+        };
+        self.note_wait(&format!("{what} {} after {after}", node::human(delay)));
+        self.wake_at = Some(Instant::now() + left);
+        true
+    }
+
     async fn reboot(&mut self, cx: &Subject<'_>) -> anyhow::Result<Next> {
+        // --reboot-delay counts from the drain's end (when the phase became rebooting), before
+        // the first trigger only; the check below that the node is drained comes after it.
+        if !cx.state.triggered()
+            && self.delayed(
+                cx,
+                self.args.reboot_delay,
+                "--reboot-delay: rebooting",
+                "the drain",
+            )
+        {
+            return Ok(Next::Wait);
+        }
         // "Rebooting" is a record, not proof: before the first trigger, the node's own pods say
         // whether it is drained. If not, drain (again).
         if !cx.state.triggered() && !self.args.force_reboot {
@@ -361,6 +395,8 @@ impl Agent {
         annotations.insert(node::LAST_REBOOT.into(), node::format_time(now).into());
         let update = Update {
             annotations,
+            // --post-reboot-node-labels, with the uncordon.
+            labels: self.args.node_labels(false),
             unschedulable: uncordon.then_some(false),
             resource_version: None,
         };
@@ -420,8 +456,20 @@ impl Agent {
             AbortReason::DryRun => next.dry_run_boot_id = cx.boot_id.map(str::to_owned),
             _ => {}
         }
-        self.write_state(&next, uncordon.then_some(false), "ending the cycle")
-            .await?;
+        // A cycle that set --pre-reboot-node-labels sets --post-reboot-node-labels as it ends,
+        // whether or not it rebooted (as kured's uncordon after a failed drain does).
+        let labels = if state.phase == Phase::Idle {
+            Default::default()
+        } else {
+            self.args.node_labels(false)
+        };
+        let update = Update {
+            annotations: node::state_annotations(&next, SystemTime::now()),
+            labels,
+            unschedulable: uncordon.then_some(false),
+            resource_version: None,
+        };
+        self.write(update, "ending the cycle").await?;
         self.metrics
             .aborts
             .with_label_values(&[reason.as_str()])
@@ -491,7 +539,7 @@ impl Agent {
         let update = Update {
             annotations: node::state_annotations(next, SystemTime::now()),
             unschedulable,
-            resource_version: None,
+            ..Update::default()
         };
         self.write(update, what).await
     }
@@ -591,8 +639,42 @@ fn owner_of(node: &Node) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v
     )
 }
 
+/// How much of `delay` is left at `now`, counted from `since` (the phase's start, recorded on
+/// the Node, so a restarted agent does not wait again); `None` when nothing is left or nothing
+/// was recorded. A `since` in the future (a clock set back) waits no more.
+fn delay_left(
+    since: Option<SystemTime>,
+    now: SystemTime,
+    delay: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let elapsed = now.duration_since(since?).unwrap_or(delay);
+    delay.checked_sub(elapsed).filter(|left| !left.is_zero())
+}
+
 fn phase_age(node: &Node) -> String {
     node::time_of(node, node::PHASE_SINCE)
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .map_or_else(|| "unknown time".to_owned(), node::human)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delay_counts_from_the_phase_start_once() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let d = Duration::from_secs(30);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(
+            delay_left(Some(t0), at(10), d),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(delay_left(Some(t0), at(30), d), None);
+        assert_eq!(delay_left(Some(t0), at(3_000), d), None);
+        assert_eq!(delay_left(Some(t0), at(0), Duration::ZERO), None);
+        // Nothing recorded, or a start in the future: no waiting.
+        assert_eq!(delay_left(None, at(0), d), None);
+        assert_eq!(delay_left(Some(at(60)), at(0), d), None);
+    }
 }
