@@ -14,7 +14,10 @@
 //!   checks that only keep a node from starting, as the window does (which is modelled);
 //! - the drain plan's refusals and the "pods left" check before the first trigger: reads of the
 //!   node's pods; a node that finished its drain is drained;
-//! - Events, metrics, logs, `baton.dev/waiting` and the drain-progress annotations;
+//! - Events, metrics, logs, `baton.dev/waiting`, the drain-progress annotations and the
+//!   pre/post-reboot node labels;
+//! - `--drain-delay` and `--reboot-delay` (off by default): waits within a phase, while the
+//!   node holds its Leases;
 //! - API errors other than the fault `RenewFails`: a failing step is retried and, past
 //!   `--stall-timeout`, stops the renewals (a documented limit, like a killed agent);
 //! - SIGTERM's release of an idle holder (`Agent::stop`): agents are killed (SIGKILL), the

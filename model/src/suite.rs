@@ -55,11 +55,6 @@ pub fn full() -> Vec<Config> {
     cp.group_by_zone = true;
     cp.nodes = vec![node("a", true, true), node("b", true, true)];
     all.push(cp);
-    if std::env::var_os("BATON_MODEL_THREE_FLAGGED").is_some() {
-        let mut three = Config::base("three-nodes-two-flagged", 3);
-        three.nodes[2].flagged = false;
-        all.push(three);
-    }
     for (name, faults) in [
         ("three-nodes-one-flagged", &[][..]),
         ("three-nodes-one-flagged+kill", &[Fault::Kill][..]),
