@@ -104,20 +104,41 @@ mod tests {
         assert!(closed.contains("outside the reboot window"), "{closed}");
     }
 
+    /// Each shell fix reverted in the glue lets the checker find the race it closed, and the
+    /// trace replays to the violation.
     #[test]
-    fn without_the_fence_a_trigger_is_caught_and_its_trace_replays() {
-        let mut cfg = Config::base("no-fence", 2);
-        cfg.revert = Some(Fix::Fence);
-        let m = Model::new(cfg);
-        let o = check::explore(&m, 1_000_000);
-        let c = o
-            .counterexample
-            .expect("a trigger without a fence is a violation");
-        assert_eq!(c.violation.property, "trigger-fenced");
-        let lines = check::explain(&m, &c.trace);
-        assert!(
-            lines.last().is_some_and(|l| l.contains("✗ trigger-fenced")),
-            "the replay ends at the violation: {lines:?}"
-        );
+    fn each_shell_fix_reverted_is_caught_and_its_trace_replays() {
+        let cases = [
+            (Fix::Fence, None, "trigger-fenced"),
+            // A restarted agent trusting the Lease's record, not its own renewal.
+            (Fix::LeaseLost, Some(Fault::Kill), "concurrency"),
+            // A cordon written over a human's: undone after the reboot.
+            (
+                Fix::CordonPrecondition,
+                Some(Fault::HumanCordon),
+                "human-cordon",
+            ),
+        ];
+        for (fix, fault, property) in cases {
+            let mut cfg = match fault {
+                Some(f) => with_fault(f),
+                None => Config::base("two-nodes", 2),
+            };
+            cfg.revert = Some(fix);
+            let m = Model::new(cfg);
+            let o = check::explore(&m, 2_000_000);
+            let c = o
+                .counterexample
+                .unwrap_or_else(|| panic!("{}: nothing found", fix.as_str()));
+            assert_eq!(c.violation.property, property, "{}", fix.as_str());
+            let lines = check::explain(&m, &c.trace);
+            assert!(
+                lines
+                    .last()
+                    .is_some_and(|l| l.contains(&format!("✗ {property}"))),
+                "{}: the replay ends at the violation: {lines:?}",
+                fix.as_str()
+            );
+        }
     }
 }
