@@ -90,6 +90,15 @@ impl Hasher for Fp {
     }
 }
 
+/// The fingerprint of `s`'s class: the least over the renamings of nodes that the model cannot
+/// tell apart ([`Model::symmetries`]), so that states equal up to node names are one.
+fn class(m: &Model, s: &State) -> u128 {
+    m.symmetries
+        .iter()
+        .map(|p| fingerprint(&s.permuted(p, m.nl(), m.k)))
+        .fold(fingerprint(s), u128::min)
+}
+
 fn fingerprint(s: &State) -> u128 {
     let mut h = Fp {
         a: 0x243f_6a88_85a3_08d3,
@@ -129,7 +138,7 @@ pub fn explore(m: &Model, limit: u64) -> Outcome {
     let mut index: HashMap<u128, u32, BuildHasherDefault<Identity>> = HashMap::default();
     // For each state: its parent and the action from it (the initial state's parent is itself).
     let mut parents: Vec<(u32, Act, u32)> = vec![(0, Act::Tick, 0)];
-    index.insert(fingerprint(&init), 0);
+    index.insert(class(m, &init), 0);
     let mut queue: VecDeque<(State, u32)> = VecDeque::from([(init, 0)]);
     let mut acts = Vec::new();
     let mut notes = Notes::default();
@@ -185,7 +194,7 @@ pub fn explore(m: &Model, limit: u64) -> Outcome {
                     };
                 }
             };
-            let fp = fingerprint(&next);
+            let fp = class(m, &next);
             let j = match index.get(&fp) {
                 Some(&j) => j,
                 None => {

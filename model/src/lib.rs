@@ -68,6 +68,10 @@ pub struct Model {
     pub needs: Vec<Needs>,
     /// The age caps and thresholds, in ticks.
     pub caps: Caps,
+    /// The renamings of nodes (other than the identity) under which every decision is the same:
+    /// permutations of nodes configured alike, with one slot (more slots start from a slot
+    /// picked by the node's name).
+    pub symmetries: Vec<Vec<usize>>,
 }
 
 /// Ages past which nothing decides differently, in ticks.
@@ -123,6 +127,37 @@ pub fn wall_now() -> SystemTime {
 /// The renew deadline, as `slots::Slots::start` computes it from `RENEW_DEADLINE_SHARE` (⅔).
 pub fn renew_deadline(ttl: Duration) -> Duration {
     ttl * 2 / 3
+}
+
+/// Every permutation of the nodes that maps each node to one configured alike, but the
+/// identity; none with more than one slot.
+fn symmetries(cfg: &Config) -> Vec<Vec<usize>> {
+    let k = cfg.nodes.len();
+    if cfg.concurrency != 1 {
+        return Vec::new();
+    }
+    let alike = |a: usize, b: usize| {
+        let (x, y) = (&cfg.nodes[a], &cfg.nodes[b]);
+        x.zone == y.zone && x.control_plane == y.control_plane && x.flagged == y.flagged
+    };
+    let mut all = vec![Vec::new()];
+    for i in 0..k {
+        all = all
+            .into_iter()
+            .flat_map(|p: Vec<usize>| {
+                (0..k)
+                    .filter(|j| !p.contains(j) && alike(i, *j))
+                    .map(|j| {
+                        let mut q = p.clone();
+                        q.push(j);
+                        q
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+    }
+    all.retain(|p| p.iter().enumerate().any(|(i, &j)| i != j));
+    all
 }
 
 impl Model {
@@ -185,7 +220,9 @@ impl Model {
             last_reboot: ticks_past(cfg.settle + Duration::from_secs(30 * 60)),
             backoff: ticks_cover(DRAIN_FAILURE_BACKOFF),
         };
+        let symmetries = symmetries(&cfg);
         Model {
+            symmetries,
             k,
             names,
             lease_names,

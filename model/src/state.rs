@@ -349,6 +349,47 @@ impl State {
         }
     }
 
+    /// This state with node `i` renamed `p[i]` (`p` a permutation of the first `nodes` nodes),
+    /// in canonical form.
+    pub fn permuted(&self, p: &[usize], leases: usize, nodes: usize) -> State {
+        let mut t = *self;
+        let map = |h: &mut Option<u8>| {
+            if let Some(x) = h {
+                *x = u8::try_from(p[usize::from(*x)]).unwrap_or(u8::MAX);
+            }
+        };
+        for i in 0..nodes {
+            let j = p[i];
+            t.nodes[j] = self.nodes[i];
+            t.hosts[j] = self.hosts[i];
+            t.agents[j] = self.agents[i];
+            t.ghost.human_cordon[j] = self.ghost.human_cordon[i];
+            t.ghost.baton_cordon[j] = self.ghost.baton_cordon[i];
+            t.ghost.boots_since_request[j] = self.ghost.boots_since_request[i];
+            t.ghost.baton_reboot[j] = self.ghost.baton_reboot[i];
+            t.ghost.orphan[j] = self.ghost.orphan[i];
+        }
+        for l in 0..leases {
+            if let Some(r) = &mut t.leases[l] {
+                map(&mut r.holder);
+            }
+            map(&mut t.ghost.deleted_holder[l]);
+            for a in t.agents.iter_mut().take(nodes) {
+                if let Seen::Present(r) = &mut a.seen[l] {
+                    map(&mut r.holder);
+                }
+                if let Some(r) = &mut a.obs[l].last {
+                    map(&mut r.holder);
+                }
+                if let Some(w) = &mut a.holder[l] {
+                    w.holder = u8::try_from(p[usize::from(w.holder)]).unwrap_or(u8::MAX);
+                }
+            }
+        }
+        t.canon(leases, nodes);
+        t
+    }
+
     /// A fresh renewal tag for Lease `l` (renumbered by [`State::canon`]).
     pub fn fresh_tag(&self, l: usize, nodes: usize) -> u8 {
         let mut max = 0u8;
