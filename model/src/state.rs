@@ -358,8 +358,7 @@ impl State {
                 *x = u8::try_from(p[usize::from(*x)]).unwrap_or(u8::MAX);
             }
         };
-        for i in 0..nodes {
-            let j = p[i];
+        for (i, &j) in p.iter().enumerate().take(nodes) {
             t.nodes[j] = self.nodes[i];
             t.hosts[j] = self.hosts[i];
             t.agents[j] = self.agents[i];
