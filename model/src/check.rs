@@ -302,3 +302,29 @@ pub fn explain(m: &Model, trace: &[Act]) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_state_and_its_renaming_are_one_class_and_other_states_are_not() {
+        let m = Model::new(Config::base("t", 2));
+        let mut notes = Notes::default();
+        let mut s = world::initial(&m);
+        for act in [Act::SeeLease(0, 0), Act::SeeNode(0), Act::Decide(0)] {
+            s = world::next(&m, &s, act, &mut notes).expect("no violation");
+        }
+        assert!(
+            s.leases[0].is_some_and(|r| r.holder == Some(0)),
+            "n0 took the Lease"
+        );
+        let swapped = s.permuted(&[1, 0], m.nl(), m.k);
+        assert!(swapped.leases[0].is_some_and(|r| r.holder == Some(1)));
+        assert_ne!(fingerprint(&s), fingerprint(&swapped));
+        assert_eq!(class(&m, &s), class(&m, &swapped));
+        assert_eq!(swapped.permuted(&[1, 0], m.nl(), m.k), s);
+        assert_ne!(class(&m, &s), class(&m, &world::initial(&m)));
+    }
+}
