@@ -2,10 +2,9 @@
 # baton's test command. On a fresh machine it installs what the tests need (tests/setup.sh),
 # builds the local control plane and kubelet (cached outside the clone), the static release
 # binary and the images the real nodes run, then runs every unit and end-to-end test of the
-# workspace and, without arguments, the model checker's full check, and prints one closing line.
-# Extra arguments go to `cargo test` (e.g.
-# `tests/run.sh -p baton` for the unit tests alone, `tests/run.sh --test real_node` for the
-# real-node tests).
+# workspace and, without arguments, the model checker's full check, and prints one closing
+# line. Extra arguments go to `cargo test` (e.g. `tests/run.sh -p baton` for the unit tests
+# alone, `tests/run.sh --test real_node` for the real-node tests).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/tests/setup.sh"
