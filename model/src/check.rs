@@ -1,6 +1,6 @@
 //! The checker: a breadth-first search over every interleaving, with the properties checked on
 //! every transition and in every state, so that the first counterexample found is a shortest
-//! one (states equal up to renaming nodes configured alike count once: [`class`]); and, for configurations that ask for it, liveness: from every reachable state, with no
+//! one (states equal up to renaming nodes configured alike count once: `class`); and, for configurations that ask for it, liveness: from every reachable state, with no
 //! more faults, a goal state is still reachable (under fair scheduling, where an action enabled
 //! infinitely often is eventually taken, the goal is then reached).
 //!
