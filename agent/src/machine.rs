@@ -93,6 +93,18 @@ impl NodeState {
         }
     }
 
+    /// The state once a cycle stops without a reboot: idle, keeping what guards the next cycles
+    /// (the reboot-loop count, the dry-run and give-up records).
+    pub fn aborted(&self) -> NodeState {
+        NodeState {
+            phase: Phase::Idle,
+            consecutive_reboots: self.consecutive_reboots,
+            dry_run_boot_id: self.dry_run_boot_id.clone(),
+            gave_up_boot_id: self.gave_up_boot_id.clone(),
+            ..NodeState::default()
+        }
+    }
+
     /// Whether baton triggered a reboot during this cycle.
     pub fn triggered(&self) -> bool {
         self.reboot_attempts > 0 || self.triggered_at.is_some()
@@ -599,6 +611,30 @@ mod tests {
 
     fn abort(uncordon: bool, reason: AbortReason) -> Step {
         Step::Abort { uncordon, reason }
+    }
+
+    #[test]
+    fn an_aborted_cycle_is_idle_and_keeps_only_the_guards_of_the_next_ones() {
+        let s = NodeState {
+            phase: Phase::Rebooting,
+            cordoned_by_baton: true,
+            boot_id_before: Some(BOOT.into()),
+            reboot_attempts: 2,
+            triggered_at: Some(t(5)),
+            backoff_until: Some(t(9)),
+            dry_run_boot_id: Some("dry".into()),
+            gave_up_boot_id: Some("gave-up".into()),
+            consecutive_reboots: 1,
+        };
+        assert_eq!(
+            s.aborted(),
+            NodeState {
+                dry_run_boot_id: Some("dry".into()),
+                gave_up_boot_id: Some("gave-up".into()),
+                consecutive_reboots: 1,
+                ..NodeState::default()
+            }
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ const WINDOW: Duration = Duration::from_secs(30 * 60);
 
 /// Where a node stands in the health gate, from the time its last reboot completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Due {
+pub enum Due {
     /// No reboot just completed here (none recorded, too long ago, or a time in the future,
     /// which is no record of baton's).
     No,
@@ -35,7 +35,7 @@ pub(super) enum Due {
 }
 
 /// Whether the gate applies at `now` to a reboot completed at `finished`.
-pub(super) fn due(finished: Option<SystemTime>, now: SystemTime, settle: Duration) -> Due {
+pub fn due(finished: Option<SystemTime>, now: SystemTime, settle: Duration) -> Due {
     let Some(since) = finished.and_then(|f| now.duration_since(f).ok()) else {
         return Due::No;
     };

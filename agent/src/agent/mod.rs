@@ -45,6 +45,9 @@ use crate::server::{self, Readiness};
 use crate::shutdown::Shutdown;
 use watch::{Latest, Seen, watch_named};
 
+/// The post-reboot health gate's pure decision, for the model checker (`model/`).
+pub use health::{Due, due};
+
 /// After a trigger, how long the host may take to go down before baton triggers again (or, after
 /// the last attempt, gives up): a clean shutdown of a busy host takes minutes.
 pub const REBOOT_WAIT: Duration = Duration::from_secs(10 * 60);

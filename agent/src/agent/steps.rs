@@ -449,13 +449,7 @@ impl Agent {
         detail: Option<String>,
     ) -> anyhow::Result<Next> {
         let state = cx.state;
-        let mut next = NodeState {
-            phase: Phase::Idle,
-            consecutive_reboots: state.consecutive_reboots,
-            dry_run_boot_id: state.dry_run_boot_id.clone(),
-            gave_up_boot_id: state.gave_up_boot_id.clone(),
-            ..NodeState::default()
-        };
+        let mut next = state.aborted();
         if reason.backs_off() {
             next.backoff_until = SystemTime::now().checked_add(self.args.drain_failure_backoff);
         }
