@@ -1063,10 +1063,9 @@ impl AgentArgs {
         given.iter().flat_map(|l| l.0.iter().cloned()).collect()
     }
 
-    /// How often the holder renews the Lease: three renewals fit in one TTL, so one or two
-    /// failed writes never cost the lock; at most every minute, to keep API writes rare.
+    /// How often the holder renews the Lease ([`crate::lease::renew_interval`]).
     pub fn lock_renew_interval(&self) -> Duration {
-        (self.lock_ttl / 3).min(Duration::from_secs(60))
+        crate::lease::renew_interval(self.lock_ttl)
     }
 }
 

@@ -457,7 +457,14 @@ const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(10);
 const ESCALATION_WAIT: Duration = Duration::from_secs(120);
 
 /// Aborts a spawned task when dropped, so no watch outlives its drain.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    /// Whether the task has ended (a mirror's never does by itself).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+}
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
@@ -465,8 +472,9 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Mirrors a watched collection into a map, keyed by `key`, for as long as the task lives.
-fn mirror<K, V>(
+/// Mirrors a watched collection into a map, keyed by `key`, for as long as the task lives
+/// (`None` until the first list is in).
+pub(crate) fn mirror<K, V>(
     api: Api<K>,
     config: watcher::Config,
     key: fn(&K) -> String,

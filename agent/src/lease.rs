@@ -158,13 +158,52 @@ pub fn control_plane_lock_name(lock_name: &str) -> String {
     format!("{lock_name}-control-plane")
 }
 
-/// A stable starting slot for node `me` among `n` slots.
-pub fn start_slot(me: &str, n: usize) -> usize {
+/// FNV-1a over `parts`, then mixed (splitmix64's finalizer: names that differ in their last
+/// character only still spread evenly): stable across processes and releases, unlike std's
+/// hasher.
+fn fnv(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in me.bytes() {
+    for b in parts.iter().flat_map(|p| p.bytes().chain([0])) {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// A stable starting slot for node `me` among `n` slots.
+pub fn start_slot(me: &str, n: usize) -> usize {
+    let h = fnv(&[me]);
     usize::try_from(h % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
+}
+
+/// A node whose starting slot is not the one that just became free holds back this long before
+/// taking it: longer than a watch event takes to reach the other waiting agents, so that a node
+/// whose starting slot it is takes it first and the others see that before they write.
+const TAKE_STEP: Duration = Duration::from_millis(100);
+/// ...plus up to this much, different per node and per release: the nodes that hold back do not
+/// then all write at the same instant either.
+const TAKE_SPREAD: Duration = Duration::from_millis(200);
+/// The nodes whose starting slot it is spread their takes over this much (about a tenth of the
+/// waiting nodes start at each slot): the first take reaches most of the others before they
+/// write, for at most this much added to a hand-off.
+const FIRST_SPREAD: Duration = Duration::from_millis(50);
+
+/// How long node `me` holds back before taking group slot `slot` (of `n`), free at Lease
+/// version `version`: up to [`FIRST_SPREAD`] when it is the node's starting slot, none for a
+/// Lease that is not a group slot (`slot` ≥ `n`: the control-plane Lease). When every waiting
+/// node wrote at once, all but one write were refused (409) and each refusal read the Lease
+/// again: a hand-off cost two requests per waiting node.
+pub fn take_delay(me: &str, slot: usize, n: usize, version: &str) -> Duration {
+    if slot >= n {
+        return Duration::ZERO;
+    }
+    let permille = u32::try_from(fnv(&[me, version]) % 1000).unwrap_or(0);
+    if slot == start_slot(me, n) {
+        FIRST_SPREAD * permille / 1000
+    } else {
+        TAKE_STEP + TAKE_SPREAD * permille / 1000
+    }
 }
 
 /// The parts of a Lease that matter for the decision.
@@ -204,6 +243,16 @@ impl Record {
         self.duration.map_or(local_ttl, |d| d.min(local_ttl))
     }
 }
+
+/// How often a holder with this TTL renews: three renewals fit in one TTL, so one or two failed
+/// writes never cost the lock; at most every minute, to keep API writes rare.
+pub fn renew_interval(ttl: Duration) -> Duration {
+    (ttl / 3).min(Duration::from_secs(60))
+}
+
+/// How late a renewal may be before its holder is suspect: one failed renewal retried (the
+/// keeper retries after 5 s) is not.
+const OVERDUE_GRACE: Duration = Duration::from_secs(5);
 
 /// Tracks when the observed Lease last changed, on the local monotonic clock.
 #[derive(Debug, Clone)]
@@ -332,6 +381,21 @@ impl Observer {
         }
     }
 
+    /// When another node's hold becomes suspect, if it is held: its next renewal is overdue
+    /// (after [`renew_interval`] of its TTL, and a grace), or at once for a Lease deleted while
+    /// held. Only a suspect holder's Node is watched: one that renews on time is neither gone
+    /// nor NotReady-without-renewing, so the takeover rules cannot apply to it yet.
+    pub fn suspect_at(&self, me: &str, local_ttl: Duration) -> Option<Instant> {
+        let record = self.last.as_ref()?;
+        match &record.holder {
+            Some(h) if h != me && self.deleted => Some(self.changed_at),
+            Some(h) if h != me => {
+                Some(self.changed_at + renew_interval(record.ttl(local_ttl)) + OVERDUE_GRACE)
+            }
+            _ => None,
+        }
+    }
+
     /// When [`Observer::holder_gone`] would turn true for a NotReady holder, if it will.
     pub fn holder_gone_at(
         &self,
@@ -357,6 +421,10 @@ pub enum LeaseError {
     /// Someone else holds the Lease (or took it while we decided).
     #[error("the lease is held by {0}")]
     HeldByOther(String),
+    /// An acquisition found another node holding the Lease: the Lease as it read it (so the
+    /// caller need not read it again).
+    #[error("the lease is held by {}", Record::from_lease(.0).holder.unwrap_or_default())]
+    Taken(Box<Lease>),
     /// The write lost a race (409 Conflict) every time it was retried.
     #[error("the lease kept changing under our writes")]
     Conflict,
@@ -410,6 +478,20 @@ impl LeaseClient {
         Ok(self.api.get_opt(&self.name).await?)
     }
 
+    /// The Lease a write attempt starts from: on the first attempt, `known` (what the caller
+    /// last saw of it: `Some(None)` for none) if given, so the write needs no read first (its
+    /// resourceVersion still guards it: a 409 means read it again); else a read.
+    async fn current(
+        &self,
+        known: Option<Option<&Lease>>,
+        attempt: usize,
+    ) -> Result<(Option<Lease>, bool), kube::Error> {
+        match known {
+            Some(k) if attempt == 0 => Ok((k.cloned(), false)),
+            _ => Ok((self.api.get_opt(&self.name).await?, true)),
+        }
+    }
+
     /// Takes the Lease if it is free, ours, or still exactly as `judged` (the record this agent
     /// judged expired). Returns the new Lease.
     pub async fn acquire(
@@ -417,11 +499,21 @@ impl LeaseClient {
         judged: Option<&Record>,
         owner: Option<&OwnerReference>,
     ) -> Result<Lease, LeaseError> {
+        self.acquire_from(judged, owner, None).await
+    }
+
+    /// [`LeaseClient::acquire`], trying first from `known` (see [`LeaseClient::current`]).
+    pub async fn acquire_from(
+        &self,
+        judged: Option<&Record>,
+        owner: Option<&OwnerReference>,
+        known: Option<Option<&Lease>>,
+    ) -> Result<Lease, LeaseError> {
         // Owned by the holder's Node: if the Node is deleted, the garbage collector deletes the
         // Lease and nobody waits for a holder that will never come back.
         let owners = owner.map(|o| vec![o.clone()]);
-        for _ in 0..CONFLICT_RETRIES {
-            let current = self.api.get_opt(&self.name).await?;
+        for attempt in 0..CONFLICT_RETRIES {
+            let (current, read) = self.current(known, attempt).await?;
             let result = match current {
                 None => {
                     let lease = Lease {
@@ -443,8 +535,12 @@ impl LeaseClient {
                             j.holder == record.holder && j.renew_time == record.renew_time
                         }),
                     };
+                    if !takeable && !read {
+                        // What the caller saw is no verdict: read it.
+                        continue;
+                    }
                     if !takeable {
-                        return Err(LeaseError::HeldByOther(record.holder.unwrap_or_default()));
+                        return Err(LeaseError::Taken(Box::new(lease)));
                     }
                     let transitions = lease
                         .spec
@@ -494,15 +590,22 @@ impl LeaseClient {
     /// Renews the Lease; fails with [`LeaseError::HeldByOther`] if it is no longer ours. A
     /// successful renewal proves, at that instant, that this node holds the Lease.
     pub async fn renew(&self) -> Result<Lease, LeaseError> {
-        for _ in 0..CONFLICT_RETRIES {
-            let lease = self.api.get_opt(&self.name).await?;
-            let Some(mut lease) = lease else {
-                return Err(LeaseError::HeldByOther(String::new()));
+        self.renew_from(None).await
+    }
+
+    /// [`LeaseClient::renew`], trying first from `known` (see [`LeaseClient::current`]): a
+    /// write over what this agent saw succeeds only if nobody wrote since, which proves the hold
+    /// as well as a read would.
+    pub async fn renew_from(&self, known: Option<Option<&Lease>>) -> Result<Lease, LeaseError> {
+        for attempt in 0..CONFLICT_RETRIES {
+            let (lease, read) = self.current(known, attempt).await?;
+            let holder = lease.as_ref().and_then(|l| Record::from_lease(l).holder);
+            let mut lease = match lease {
+                Some(l) if holder.as_deref() == Some(&self.me) => l,
+                // What the caller saw is no verdict: read it.
+                _ if !read => continue,
+                _ => return Err(LeaseError::HeldByOther(holder.unwrap_or_default())),
             };
-            let holder = Record::from_lease(&lease).holder;
-            if holder.as_deref() != Some(&self.me) {
-                return Err(LeaseError::HeldByOther(holder.unwrap_or_default()));
-            }
             if let Some(spec) = lease.spec.as_mut() {
                 spec.renew_time = Some(now());
                 spec.lease_duration_seconds =
@@ -529,13 +632,22 @@ impl LeaseClient {
     /// Releases the Lease if this node holds it. Returns the Lease as it now is (`None` if
     /// it does not exist).
     pub async fn release(&self) -> Result<Option<Lease>, LeaseError> {
-        for _ in 0..CONFLICT_RETRIES {
-            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
-                return Ok(None);
+        self.release_from(None).await
+    }
+
+    /// [`LeaseClient::release`], trying first from `known` (see [`LeaseClient::current`]).
+    pub async fn release_from(
+        &self,
+        known: Option<Option<&Lease>>,
+    ) -> Result<Option<Lease>, LeaseError> {
+        for attempt in 0..CONFLICT_RETRIES {
+            let (lease, read) = self.current(known, attempt).await?;
+            let mut lease = match lease {
+                Some(l) if Record::from_lease(&l).holder.as_deref() == Some(&self.me) => l,
+                // What the caller saw is no verdict: read it.
+                _ if !read => continue,
+                other => return Ok(other),
             };
-            if Record::from_lease(&lease).holder.as_deref() != Some(&self.me) {
-                return Ok(Some(lease));
-            }
             if let Some(spec) = lease.spec.as_mut() {
                 spec.holder_identity = None;
                 spec.acquire_time = None;
@@ -602,6 +714,30 @@ mod tests {
         // Seeing the same record again is not a renewal.
         o.observe(Some(&rec(Some("b"), "r2")), at(100));
         assert!(o.view("a", TTL, at(111)).may_take());
+    }
+
+    #[test]
+    fn a_holder_is_suspect_once_its_renewal_is_overdue_or_its_lease_deleted() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut o = Observer::new(t0);
+        assert_eq!(o.suspect_at("a", TTL), None);
+        o.observe(Some(&rec(Some("b"), "r1")), t0);
+        // A 60 s TTL renews every 20 s; 5 s of grace.
+        assert_eq!(o.suspect_at("a", TTL), Some(at(25)));
+        // A renewal moves it on; the holder's declared TTL counts (capped by ours).
+        o.observe(Some(&rec(Some("b"), "r2")), at(20));
+        assert_eq!(o.suspect_at("a", TTL), Some(at(45)));
+        assert_eq!(o.suspect_at("a", Duration::from_secs(3600)), Some(at(45)));
+        assert_eq!(o.suspect_at("a", Duration::from_secs(30)), Some(at(35)));
+        // Our own and a free Lease have no holder to suspect.
+        assert_eq!(o.suspect_at("b", TTL), None);
+        o.observe(Some(&rec(None, "r3")), at(30));
+        assert_eq!(o.suspect_at("a", TTL), None);
+        // Deleted while held: at once.
+        o.observe(Some(&rec(Some("b"), "r4")), at(40));
+        o.observe(None, at(41));
+        assert_eq!(o.suspect_at("a", TTL), Some(at(40)));
     }
 
     #[test]
@@ -805,6 +941,43 @@ mod tests {
     }
 
     #[test]
+    fn the_nodes_starting_at_a_freed_slot_take_it_first() {
+        let n = 10;
+        let nodes: Vec<String> = (0..200).map(|i| format!("node-{i}")).collect();
+        let delays = |slot: usize, version: &str| -> Vec<Duration> {
+            nodes
+                .iter()
+                .map(|m| take_delay(m, slot, n, version))
+                .collect()
+        };
+        let first = |d: &[Duration]| d.iter().filter(|d| **d < TAKE_STEP).count();
+        // About one node in n goes first, within FIRST_SPREAD; the others hold back longer,
+        // each by its own amount.
+        let d = delays(3, "41");
+        assert!((5..=40).contains(&first(&d)), "{}", first(&d));
+        for x in &d {
+            assert!(
+                *x <= FIRST_SPREAD || (TAKE_STEP..=TAKE_STEP + TAKE_SPREAD).contains(x),
+                "{x:?}"
+            );
+        }
+        let mut distinct = d.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(
+            distinct.len() > 50,
+            "the spread is too coarse: {}",
+            distinct.len()
+        );
+        // The order among those holding back changes with each release.
+        assert_ne!(d, delays(3, "42"));
+        // With one slot, every waiting node starts at it; the control-plane Lease (after the
+        // group's) is never held back.
+        assert!(take_delay("node-7", 0, 1, "9") <= FIRST_SPREAD);
+        assert_eq!(take_delay("node-7", n, n, "9"), Duration::ZERO);
+    }
+
+    #[test]
     fn group_names_are_valid_and_distinct() {
         let a = group_lock_name("baton", "eu-west-1a");
         let b = group_lock_name("baton", "EU_WEST_1A");
@@ -845,6 +1018,79 @@ mod tests {
                 .status(200)
                 .body(Body::from(serde_json::to_vec(body).unwrap()))
                 .unwrap()
+        }
+
+        fn lease_json(holder: &str, rv: &str) -> serde_json::Value {
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "baton", "namespace": "baton-system", "resourceVersion": rv},
+                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 60,
+                         "renewTime": "2026-01-01T00:00:00.000000Z"}})
+        }
+
+        fn conflict() -> Response<Body> {
+            let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "code": 409, "reason": "Conflict", "message": "the object has been modified"});
+            Response::builder()
+                .status(409)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap()
+        }
+
+        /// Answers the next request, checking its method and, for a write, the resourceVersion
+        /// it is based on.
+        async fn answer(h: &mut Mock, method: &str, rv: Option<&str>, reply_with: Response<Body>) {
+            let (req, send) = h.next_request().await.expect("a request");
+            assert_eq!((req.method().as_str(), req.uri().path()), (method, PATH));
+            if let Some(rv) = rv {
+                let body: serde_json::Value =
+                    serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap())
+                        .unwrap();
+                assert_eq!(body["metadata"]["resourceVersion"], rv);
+            }
+            send.send_response(reply_with);
+        }
+
+        #[tokio::test]
+        async fn writes_from_what_the_agent_saw_need_no_read_and_a_conflict_reads_again() {
+            let seen_free = serde_json::from_value::<Lease>(lease_json("", "5")).unwrap();
+            let seen_mine = serde_json::from_value::<Lease>(lease_json("me", "6")).unwrap();
+            // A take straight over the Lease as watched: one PUT.
+            let (lease, mut h) = client();
+            let server = answer(&mut h, "PUT", Some("5"), reply(&lease_json("me", "6")));
+            let (taken, ()) = tokio::join!(
+                lease.acquire_from(None, None, Some(Some(&seen_free))),
+                server
+            );
+            assert!(taken.is_ok(), "{taken:?}");
+            // Someone wrote first: 409, then a read that finds it taken, and no write.
+            let (lease, mut h) = client();
+            let server = async {
+                answer(&mut h, "PUT", Some("5"), conflict()).await;
+                answer(&mut h, "GET", None, reply(&lease_json("other", "7"))).await;
+            };
+            let (lost, ()) = tokio::join!(
+                lease.acquire_from(None, None, Some(Some(&seen_free))),
+                server
+            );
+            assert!(matches!(lost, Err(LeaseError::Taken(_))), "{lost:?}");
+            // A renewal (the fence) and a release over the agent's last view: one PUT each.
+            let (lease, mut h) = client();
+            let server = answer(&mut h, "PUT", Some("6"), reply(&lease_json("me", "7")));
+            let (renewed, ()) = tokio::join!(lease.renew_from(Some(Some(&seen_mine))), server);
+            assert!(renewed.is_ok(), "{renewed:?}");
+            let (lease, mut h) = client();
+            let server = answer(&mut h, "PUT", Some("6"), reply(&lease_json("", "7")));
+            let (released, ()) = tokio::join!(lease.release_from(Some(Some(&seen_mine))), server);
+            assert!(released.is_ok(), "{released:?}");
+            // A view that says another node holds it is no verdict for a renewal: it reads.
+            let seen_other = serde_json::from_value::<Lease>(lease_json("other", "8")).unwrap();
+            let (lease, mut h) = client();
+            let server = answer(&mut h, "GET", None, reply(&lease_json("other", "8")));
+            let (refused, ()) = tokio::join!(lease.renew_from(Some(Some(&seen_other))), server);
+            assert!(
+                matches!(&refused, Err(LeaseError::HeldByOther(h)) if h == "other"),
+                "{refused:?}"
+            );
         }
 
         #[tokio::test]

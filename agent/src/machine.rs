@@ -304,10 +304,13 @@ impl AbortReason {
         !matches!(self, AbortReason::FlagCleared | AbortReason::DryRun)
     }
 
-    /// Whether the next cycle waits for `--drain-failure-backoff` (a retry at once would fail
-    /// the same way).
+    /// Whether the next cycle waits for `--drain-failure-backoff`: a retry at once would fail
+    /// the same way, or (a lost Lease) would cut in front of the nodes waiting for it.
     pub fn backs_off(self) -> bool {
-        matches!(self, AbortReason::DrainFailed | AbortReason::Stalled)
+        matches!(
+            self,
+            AbortReason::DrainFailed | AbortReason::Stalled | AbortReason::LeaseLost
+        )
     }
 }
 
@@ -414,12 +417,20 @@ fn idle(o: &Observation<'_>) -> Step {
     }
 }
 
-fn idle_with_all(o: &Observation<'_>) -> Step {
-    let s = o.state;
-    let boot = o.boot_id;
-    let blocked = if let Some(reason) = o.gate {
+/// Why an idle node may not start a cycle now, whatever the Leases say: a gate (pause, window,
+/// blocker), a back-off, an unknown boot ID, a dry run or a give-up for this boot, or a flag
+/// that survived its reboots. `None`: it may start once it holds the Leases it needs (so only
+/// then does the shell watch them).
+pub fn start_blocked(
+    gate: Option<&str>,
+    s: &NodeState,
+    boot: Option<&str>,
+    now: SystemTime,
+    limits: &Limits,
+) -> Option<Wait> {
+    if let Some(reason) = gate {
         Some(Wait::Gated(reason.to_owned()))
-    } else if s.backoff_until.is_some_and(|t| o.now < t) {
+    } else if s.backoff_until.is_some_and(|t| now < t) {
         Some(Wait::Backoff)
     } else if boot.is_none() {
         // A cycle records the boot ID it starts from; without it, no cycle.
@@ -428,11 +439,16 @@ fn idle_with_all(o: &Observation<'_>) -> Step {
         Some(Wait::DryRunDone)
     } else if s.gave_up_boot_id.as_deref() == boot {
         Some(Wait::GaveUp)
-    } else if s.consecutive_reboots >= o.limits.max_reboot_attempts {
+    } else if s.consecutive_reboots >= limits.max_reboot_attempts {
         Some(Wait::FlagPersists)
     } else {
         None
-    };
+    }
+}
+
+fn idle_with_all(o: &Observation<'_>) -> Step {
+    let s = o.state;
+    let blocked = start_blocked(o.gate, s, o.boot_id, o.now, &o.limits);
     match o.flag {
         Flag::Required(_) => match (blocked, o.lease) {
             (Some(_), LeaseView::Mine) => Step::Release,
@@ -686,6 +702,9 @@ mod tests {
         let pending = r.with(|g| g.state.triggered_at = Some(t(900)));
         assert_eq!(stalled(pending).step(), Step::Wait(Wait::RebootPending));
         assert!(AbortReason::Stalled.backs_off() && AbortReason::Stalled.is_warning());
+        // A node that lost its Lease mid-drain goes behind the nodes that waited for it.
+        assert!(AbortReason::LeaseLost.backs_off());
+        assert!(!AbortReason::FlagCleared.backs_off());
     }
 
     #[test]

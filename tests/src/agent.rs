@@ -99,6 +99,13 @@ impl SimNode {
         })
     }
 
+    /// Serves the agent's metrics on `port` instead of the free port picked at creation (which
+    /// the kernel may hand to an outgoing connection while the agent is down: a fleet of agents
+    /// makes many).
+    pub fn set_metrics_port(&mut self, port: u16) {
+        self.metrics_port = port;
+    }
+
     /// Replaces the extra flags, from the agent's next start on.
     pub fn set_extra(&mut self, extra: &[&str]) {
         self.extra = extra.iter().map(|s| (*s).to_owned()).collect();

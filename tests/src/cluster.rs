@@ -503,6 +503,12 @@ impl Cluster {
         &self.pki
     }
 
+    /// The PID of component `name` (`kube-apiserver`, `etcd`, ...), while it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        let procs = self.processes.lock().unwrap();
+        procs.iter().find(|p| p.name() == name).map(Process::pid)
+    }
+
     /// The API server's port on 127.0.0.1.
     pub fn api_port(&self) -> u16 {
         self.api_port

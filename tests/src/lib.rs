@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod assets;
+pub mod audit;
 pub mod cluster;
 pub mod fixtures;
 pub mod http;

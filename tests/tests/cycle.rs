@@ -503,7 +503,8 @@ async fn a_dry_run_drains_and_uncordons_without_rebooting_once_per_boot() {
 async fn deleting_the_holders_node_frees_the_lock_long_before_its_ttl() {
     let cluster = shared();
     let ns = "cycle-deleted";
-    let (client, names, mut nodes) = stuck_draining(cluster, ns, &[]).await;
+    // A 60 s TTL: renewals every 20 s.
+    let (client, names, mut nodes) = stuck_draining(cluster, ns, &["--lock-ttl=60s"]).await;
     let nodes_api: Api<Node> = Api::all(client.clone());
     flag_and_start(&mut nodes[1..]);
     nodes[1].wait_ready(SETTLE).await.unwrap();
@@ -513,7 +514,8 @@ async fn deleting_the_holders_node_frees_the_lock_long_before_its_ttl() {
     );
 
     // Without its owner reference (as written by an older agent), the garbage collector cannot
-    // delete the Lease with the Node: only watching the holder's Node frees it.
+    // delete the Lease with the Node: only watching the holder's Node frees it, once its
+    // renewal is overdue (20 s and 5 s after the last one at most).
     Api::<Lease>::namespaced(client.clone(), ns)
         .patch(
             "baton",
@@ -529,10 +531,10 @@ async fn deleting_the_holders_node_frees_the_lock_long_before_its_ttl() {
         .await
         .unwrap();
     let deleted = tokio::time::Instant::now();
-    // The lease TTL here is 30 s: node 2 must not wait for it.
+    // The lease TTL here is 60 s (40 s at least from here): node 2 must not wait for it.
     wait_for(
         "node 2 to start its cycle",
-        Duration::from_secs(20),
+        Duration::from_secs(35),
         || async {
             Ok(
                 (phase(&nodes_api.get(&names[1]).await?).as_deref() == Some("draining"))
@@ -575,8 +577,14 @@ fn not_ready_to_takeover(rec: &Recorder, holder: &str, taker: &str) -> Duration 
 async fn a_holder_not_ready_for_too_long_without_renewing_loses_the_lock() {
     let cluster = shared();
     let ns = "cycle-notready";
-    let (client, names, mut nodes) =
-        stuck_draining(cluster, ns, &["--lock-holder-not-ready-timeout=3s"]).await;
+    // A 60 s TTL (renewals every 20 s): the holder's Node is watched once a renewal is overdue
+    // (25 s after the last at most), long before the TTL passes.
+    let (client, names, mut nodes) = stuck_draining(
+        cluster,
+        ns,
+        &["--lock-holder-not-ready-timeout=3s", "--lock-ttl=60s"],
+    )
+    .await;
     flag_and_start(&mut nodes[1..]);
     nodes[1].wait_ready(SETTLE).await.unwrap();
     let rec = Recorder::new();
@@ -585,7 +593,7 @@ async fn a_holder_not_ready_for_too_long_without_renewing_loses_the_lock() {
     // The holder dies: its node goes NotReady and nothing renews the lease any more.
     nodes[0].kill();
     cluster.node_down(&client, &names[0]).await.unwrap();
-    wait_for("node 2 to take over", Duration::from_secs(20), || async {
+    wait_for("node 2 to take over", Duration::from_secs(35), || async {
         Ok((lease_holder(&client, ns).await.as_deref() == Some(names[1].as_str())).then_some(()))
     })
     .await
@@ -608,7 +616,11 @@ async fn any_slot_whose_holder_stays_not_ready_is_taken_over_not_only_the_first(
         ns,
         &names[2..],
         Method::Command,
-        &["--concurrency=2", "--lock-holder-not-ready-timeout=3s"],
+        &[
+            "--concurrency=2",
+            "--lock-holder-not-ready-timeout=3s",
+            "--lock-ttl=60s",
+        ],
     );
     flag_and_start(&mut nodes);
     nodes[0].wait_ready(SETTLE).await.unwrap();

@@ -3,7 +3,8 @@
 //! `--blocking-pod-selector`, an active Prometheus alert (failing closed), and a
 //! PodDisruptionBudget that allows no disruption of a pod here (the pre-flight). All are checked
 //! before the Lease is taken, read-only, so a blocked node never takes and returns the Lease in
-//! a loop; the holder checks the budgets once more before it cordons.
+//! a loop; the holder checks the budgets once more before it cordons. The pause ConfigMap is
+//! watched only while this node is flagged: an unflagged node never consults it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,10 +13,9 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Client;
 use kube::api::{Api, ListParams};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::watch::Seen;
+use super::watch::{Seen, Watched};
 use crate::alerts::{Filter as AlertFilter, Prometheus};
 use crate::drain::Drainer;
 use crate::metrics::Metrics;
@@ -43,27 +43,33 @@ pub(super) struct Settings {
 /// The gates of one node.
 pub(super) struct Gates {
     settings: Settings,
-    pause_rx: watch::Receiver<Seen<ConfigMap>>,
-    started: Instant,
+    /// The pause ConfigMap and its name, and its watch while this node is flagged (since when).
+    switch_api: (Api<ConfigMap>, String),
+    pause: Option<(Watched<ConfigMap>, Instant)>,
     /// The last blocker check: what blocked (if anything) and when.
     last: Option<(Option<String>, Instant)>,
+    /// The node's pods as the last check planned them (its budgets checked against them), for
+    /// the cordon that may follow in the same decision.
+    plan: Option<crate::drain::Plan>,
     client: Client,
     drainer: Drainer,
     metrics: Metrics,
 }
 
 impl Gates {
+    /// Gates with `settings`; `switch` is the pause ConfigMap's API (a watch client) and name.
     pub(super) fn new(
         settings: Settings,
-        pause_rx: watch::Receiver<Seen<ConfigMap>>,
+        switch: (Api<ConfigMap>, String),
         client: Client,
         drainer: Drainer,
         metrics: Metrics,
     ) -> Self {
         Self {
             settings,
-            pause_rx,
-            started: Instant::now(),
+            switch_api: switch,
+            pause: None,
+            plan: None,
             last: None,
             client,
             drainer,
@@ -71,19 +77,39 @@ impl Gates {
         }
     }
 
+    /// Watches the pause switch while `flagged`, and stops watching it otherwise.
+    pub(super) fn watch_pause(&mut self, flagged: bool) {
+        match (flagged, self.pause.is_some()) {
+            (true, false) => {
+                let (api, name) = &self.switch_api;
+                let w = Watched::start(api.clone(), name, &self.metrics, "pause configmap");
+                self.pause = Some((w, Instant::now()));
+            }
+            (false, true) => self.pause = None,
+            _ => {}
+        }
+    }
+
+    /// An error if the pause watch ended (supervision: the agent then exits).
+    pub(super) fn check(&self) -> anyhow::Result<()> {
+        self.pause.as_ref().map_or(Ok(()), |(w, _)| w.check())
+    }
+
     /// Why no new cycle may start now because of a pause or the window, if so: the cluster-wide
-    /// pause (the ConfigMap exists, or could not be read), this node's pause annotation, or the
-    /// reboot window. Also sets the matching gauges.
+    /// pause (the ConfigMap exists, or could not be read; consulted only while it is watched,
+    /// i.e. while the node is flagged), this node's pause annotation, or the reboot window. Also
+    /// sets the matching gauges.
     pub(super) fn paused(&self, node_annotations: &BTreeMap<String, String>) -> Option<String> {
         let switch = &self.settings.switch;
         // No new cycle before the pause switch has been read.
-        let cluster = match &*self.pause_rx.borrow() {
-            Seen::Unsynced if self.pause_read_pending() => Some(format!("{switch} not read yet")),
-            Seen::Unsynced => Some(format!(
+        let pending = self.pause_read_pending();
+        let cluster = match self.pause.as_ref().map(|(w, _)| w.rx.borrow()).as_deref() {
+            None | Some(Seen::Missing) => None,
+            Some(Seen::Unsynced) if pending => Some(format!("{switch} not read yet")),
+            Some(Seen::Unsynced) => Some(format!(
                 "{switch} could not be read yet (can the agent's Role read ConfigMaps?)"
             )),
-            Seen::Missing => None,
-            Seen::Present(cm) => Some(format!(
+            Some(Seen::Present(cm)) => Some(format!(
                 "{switch} exists: {}",
                 cm.data
                     .as_ref()
@@ -98,7 +124,7 @@ impl Gates {
         self.metrics
             .paused
             .with_label_values(&["cluster"])
-            .set(i64::from(cluster.is_some() && !self.pause_read_pending()));
+            .set(i64::from(cluster.is_some() && !pending));
         self.metrics
             .paused
             .with_label_values(&["node"])
@@ -115,14 +141,16 @@ impl Gates {
 
     /// Why a blocker stops a new cycle, if one does: a blocking pod, an active alert, or a
     /// PodDisruptionBudget covering a pod of this node that allows no disruption now. Checked
-    /// only while a reboot is wanted. A result younger than `--check-interval` is reused, except
-    /// "not blocked" when `fresh` (about to act on it): every event while blocked would
-    /// otherwise ask again.
-    pub(super) async fn blockers(&mut self, fresh: bool) -> anyhow::Result<Option<String>> {
+    /// only while a reboot is wanted and the Lease could be taken. A result younger than
+    /// `--check-interval` is reused, except "not blocked" when `holding` (about to cordon):
+    /// otherwise every waiting node would ask again at every hand-off, and every event while
+    /// blocked would.
+    pub(super) async fn blockers(&mut self, holding: bool) -> anyhow::Result<Option<String>> {
+        self.plan = None;
         let now = Instant::now();
         if let Some((why, at)) = &self.last
             && now < *at + self.settings.check_interval
-            && (why.is_some() || !fresh)
+            && (why.is_some() || !holding)
         {
             return Ok(why.clone());
         }
@@ -139,10 +167,13 @@ impl Gates {
         self.record(&[("pod", pod), ("alert", alert), ("pdb", pdb)], now)
     }
 
-    /// Checks the PodDisruptionBudgets once more, for the holder about to cordon; a refusal is
-    /// remembered like any blocker's.
-    pub(super) async fn recheck_budgets(&mut self) -> anyhow::Result<Option<String>> {
-        let pdb = self.pdb_preflight().await?;
+    /// Checks the PodDisruptionBudgets once more against `plan` (the node's pods as just
+    /// listed), for the holder about to cordon; a refusal is remembered like any blocker's.
+    pub(super) async fn recheck_budgets(
+        &mut self,
+        plan: &crate::drain::Plan,
+    ) -> anyhow::Result<Option<String>> {
+        let pdb = self.budgets_block(plan).await?;
         if pdb.is_none() {
             return Ok(None);
         }
@@ -173,8 +204,15 @@ impl Gates {
         Ok(why)
     }
 
+    /// The node's pods as planned by this decision's blocker check, if it made one: their
+    /// budgets were checked against them just now.
+    pub(super) fn take_plan(&mut self) -> Option<crate::drain::Plan> {
+        self.plan.take()
+    }
+
     /// Forgets the last blocker check (no reboot is wanted, or a cycle is under way).
     pub(super) fn clear(&mut self) {
+        self.plan = None;
         if self.last.take().is_some() {
             for blocker in crate::metrics::BLOCKERS {
                 self.metrics.blocked.with_label_values(&[blocker]).set(0);
@@ -206,12 +244,22 @@ impl Gates {
     }
 
     /// A PodDisruptionBudget that would only make the drain wait with the node cordoned.
-    async fn pdb_preflight(&self) -> anyhow::Result<Option<String>> {
+    async fn pdb_preflight(&mut self) -> anyhow::Result<Option<String>> {
         if !self.settings.pdb_preflight {
             return Ok(None);
         }
         let plan = self.drainer.plan().await?;
-        let blocked = self.drainer.blocking_pdbs(&plan).await?;
+        let why = self.budgets_block(&plan).await?;
+        self.plan = Some(plan);
+        Ok(why)
+    }
+
+    /// The budgets that would only make the drain of `plan` wait with the node cordoned.
+    async fn budgets_block(&self, plan: &crate::drain::Plan) -> anyhow::Result<Option<String>> {
+        if !self.settings.pdb_preflight {
+            return Ok(None);
+        }
+        let blocked = self.drainer.blocking_pdbs(plan).await?;
         Ok((!blocked.is_empty()).then(|| {
             format!(
                 "not cordoning: PodDisruptionBudget {} allows no disruption now",
@@ -220,10 +268,11 @@ impl Gates {
         }))
     }
 
-    /// Whether the pause ConfigMap is unread within [`PAUSE_READ_GRACE`] of the start.
+    /// Whether the pause ConfigMap is unread within [`PAUSE_READ_GRACE`] of its watch's start.
     pub(super) fn pause_read_pending(&self) -> bool {
-        matches!(*self.pause_rx.borrow(), Seen::Unsynced)
-            && self.started.elapsed() < PAUSE_READ_GRACE
+        self.pause.as_ref().is_some_and(|(w, since)| {
+            matches!(*w.rx.borrow(), Seen::Unsynced) && since.elapsed() < PAUSE_READ_GRACE
+        })
     }
 
     /// When the gates may change with time alone: a blocked result going stale, the end of the
@@ -234,16 +283,21 @@ impl Gates {
             _ => None,
         };
         let grace = self
-            .pause_read_pending()
-            .then(|| self.started + PAUSE_READ_GRACE);
+            .pause
+            .as_ref()
+            .filter(|_| self.pause_read_pending())
+            .map(|(_, since)| *since + PAUSE_READ_GRACE);
         stale.into_iter().chain(grace).min()
     }
 
-    /// Resolves when the pause switch changes.
+    /// Resolves when the pause switch changes (or its watch ended, which
+    /// [`Gates::check`] then reports); never while it is not watched.
     pub(super) async fn pause_changed(&mut self) {
-        if self.pause_rx.changed().await.is_err() {
-            tracing::error!("pause watch stopped");
-            std::future::pending::<()>().await;
+        match self.pause.as_mut() {
+            Some((w, _)) => {
+                let _ = w.rx.changed().await;
+            }
+            None => std::future::pending().await,
         }
     }
 }

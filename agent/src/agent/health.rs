@@ -1,16 +1,21 @@
 //! The post-reboot health gate: right after its reboot a node keeps the baton, neither passing
 //! it on nor starting again, until it is healthy: the settle time has passed, its DaemonSet pods
 //! are Ready, and (with `--gate-pdbs`) every PodDisruptionBudget has all its pods healthy again.
+//! It waits on watches — the node's pods (by `spec.nodeName`) and the budgets — that run only
+//! while the gate is being checked.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
-use crate::drain::PodInfo;
+use crate::drain::{AbortOnDrop, PodInfo, mirror};
 use crate::node;
 
 /// The health gate applies to a reboot finished this recently (plus the settle time); an older
@@ -43,60 +48,160 @@ pub fn due(finished: Option<SystemTime>, now: SystemTime, settle: Duration) -> D
     }
 }
 
-/// Why `node` may not pass the baton on yet after its reboot, if so.
-pub(super) async fn settling(
-    client: &Client,
-    node: &Node,
+/// What is unhealthy, by object: `Some("namespace/name")` for an object that holds the gate.
+type Unhealthy = HashMap<String, Option<String>>;
+type Mirrored = (watch::Receiver<Option<Unhealthy>>, AbortOnDrop<()>);
+
+/// The health gate of one node.
+pub(super) struct Gate {
+    watch_client: Client,
+    node: String,
     settle: Duration,
     gate_pdbs: bool,
-) -> anyhow::Result<Option<String>> {
-    let name = node.metadata.name.as_deref().unwrap_or_default();
-    match due(
-        node::time_of(node, node::LAST_REBOOT),
-        SystemTime::now(),
-        settle,
-    ) {
-        Due::No => return Ok(None),
-        Due::Settling(left) => {
-            return Ok(Some(format!(
-                "settling after the reboot ({} left)",
-                node::human(left)
-            )));
-        }
-        Due::Check => {}
-    }
-    let pods: Api<Pod> = Api::all(client.clone());
-    let on_node = pods
-        .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
-        .await
-        .context("listing the node's pods for the health gate")?;
-    for p in &on_node.items {
-        let info = PodInfo::from_pod(p);
-        if info.daemonset().is_some() && !info.finished && !pod_ready(p) {
-            return Ok(Some(format!(
-                "waiting for DaemonSet pod {}/{} on this node to be Ready",
-                info.namespace, info.name
-            )));
+    /// The node's pods and (with `--gate-pdbs`) the budgets, while the check is due.
+    watches: Option<(Mirrored, Option<Mirrored>)>,
+}
+
+impl Gate {
+    /// The gate of `node`; watches go through `watch_client`.
+    pub(super) fn new(watch_client: Client, node: &str, settle: Duration, gate_pdbs: bool) -> Self {
+        Self {
+            watch_client,
+            node: node.to_owned(),
+            settle,
+            gate_pdbs,
+            watches: None,
         }
     }
-    if gate_pdbs {
-        let pdbs: Api<PodDisruptionBudget> = Api::all(client.clone());
-        let all = pdbs
-            .list(&ListParams::default())
-            .await
-            .context("listing PodDisruptionBudgets for the health gate")?;
-        for pdb in all.items {
-            let st = pdb.status.unwrap_or_default();
-            if st.current_healthy.unwrap_or(0) < st.expected_pods.unwrap_or(0) {
-                return Ok(Some(format!(
-                    "waiting for PodDisruptionBudget {}/{} to have all its pods healthy again",
-                    pdb.metadata.namespace.unwrap_or_default(),
-                    pdb.metadata.name.unwrap_or_default()
-                )));
+
+    /// Why `node` may not pass the baton on yet after its reboot, if so, and when that may
+    /// change with time alone (the end of the settle time). The pods and budgets are watched
+    /// while the check is due, and not otherwise.
+    pub(super) fn settling(&mut self, node: &Node) -> (Option<String>, Option<Instant>) {
+        match due(
+            node::time_of(node, node::LAST_REBOOT),
+            SystemTime::now(),
+            self.settle,
+        ) {
+            Due::No => {
+                self.stop();
+                (None, None)
+            }
+            Due::Settling(left) => {
+                self.stop();
+                (
+                    Some(format!(
+                        "settling after the reboot ({} left)",
+                        node::human(left)
+                    )),
+                    Some(Instant::now() + left),
+                )
+            }
+            Due::Check => {
+                let (pods, pdbs) = self.watches.get_or_insert_with(|| {
+                    let pods = mirror(
+                        Api::<Pod>::all(self.watch_client.clone()),
+                        watcher::Config::default().fields(&format!("spec.nodeName={}", self.node)),
+                        pod_uid,
+                        pod_unready,
+                    );
+                    let pdbs = self.gate_pdbs.then(|| {
+                        mirror(
+                            Api::<PodDisruptionBudget>::all(self.watch_client.clone()),
+                            watcher::Config::default(),
+                            pdb_name,
+                            pdb_unhealthy,
+                        )
+                    });
+                    (pods, pdbs)
+                });
+                let pods = pods.0.borrow();
+                let pdbs = pdbs.as_ref().map(|p| p.0.borrow());
+                (
+                    verdict(pods.as_ref(), pdbs.as_ref().map(|p| p.as_ref())),
+                    None,
+                )
             }
         }
     }
-    Ok(None)
+
+    /// Stops the watches: the gate does not apply.
+    pub(super) fn stop(&mut self) {
+        self.watches = None;
+    }
+
+    /// An error if a watch task ended (supervision: the agent then exits).
+    pub(super) fn check(&self) -> anyhow::Result<()> {
+        if let Some((pods, pdbs)) = &self.watches
+            && (pods.1.is_finished() || pdbs.as_ref().is_some_and(|p| p.1.is_finished()))
+        {
+            anyhow::bail!("a health gate watch ended");
+        }
+        Ok(())
+    }
+
+    /// Resolves when a watched pod or budget changes; never while nothing is watched.
+    pub(super) async fn changed(&mut self) {
+        match self.watches.as_mut() {
+            Some((pods, Some(pdbs))) => {
+                tokio::select! {
+                    _ = pods.0.changed() => {}
+                    _ = pdbs.0.changed() => {}
+                }
+            }
+            Some((pods, None)) => {
+                let _ = pods.0.changed().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Why the gate holds, from what the watches show: `pods` (the node's), and `pdbs` (`None`
+/// without `--gate-pdbs`, `Some(None)` while unread). Unread means not healthy yet.
+fn verdict(pods: Option<&Unhealthy>, pdbs: Option<Option<&Unhealthy>>) -> Option<String> {
+    // The first by name, so the reason shown does not flap between equals.
+    let first = |m: &Unhealthy| m.values().flatten().min().cloned();
+    let Some(pods) = pods else {
+        return Some("health gate: reading this node's pods".to_owned());
+    };
+    if let Some(p) = first(pods) {
+        return Some(format!(
+            "waiting for DaemonSet pod {p} on this node to be Ready"
+        ));
+    }
+    match pdbs {
+        None => None,
+        Some(None) => Some("health gate: reading the PodDisruptionBudgets".to_owned()),
+        Some(Some(pdbs)) => first(pdbs).map(|b| {
+            format!("waiting for PodDisruptionBudget {b} to have all its pods healthy again")
+        }),
+    }
+}
+
+fn pod_uid(p: &Pod) -> String {
+    p.metadata.uid.clone().unwrap_or_default()
+}
+
+/// A DaemonSet pod of the node that is not Ready (and not finished) holds the gate.
+fn pod_unready(p: &Pod) -> Option<String> {
+    let info = PodInfo::from_pod(p);
+    (info.daemonset().is_some() && !info.finished && !pod_ready(p))
+        .then(|| format!("{}/{}", info.namespace, info.name))
+}
+
+fn pdb_name(p: &PodDisruptionBudget) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// A budget with fewer healthy pods than it expects holds the gate.
+fn pdb_unhealthy(p: &PodDisruptionBudget) -> Option<String> {
+    let st = p.status.clone().unwrap_or_default();
+    (st.current_healthy.unwrap_or(0) < st.expected_pods.unwrap_or(0)).then(|| pdb_name(p))
 }
 
 fn pod_ready(p: &Pod) -> bool {
@@ -131,5 +236,39 @@ mod tests {
             due(Some(t0), t0, Duration::MAX),
             Due::Settling(Duration::MAX)
         );
+    }
+
+    #[test]
+    fn the_gate_holds_until_every_watched_pod_and_budget_is_healthy() {
+        let map = |v: &[(&str, Option<&str>)]| -> Unhealthy {
+            v.iter()
+                .map(|(k, w)| ((*k).to_owned(), w.map(str::to_owned)))
+                .collect()
+        };
+        let healthy = map(&[("a", None), ("b", None)]);
+        // Nothing read yet holds.
+        assert!(
+            verdict(None, None)
+                .unwrap()
+                .contains("reading this node's pods")
+        );
+        assert_eq!(verdict(Some(&healthy), None), None);
+        assert!(
+            verdict(Some(&healthy), Some(None))
+                .unwrap()
+                .contains("reading the PodDisruptionBudgets")
+        );
+        // The first by name, whatever the map's order.
+        let pods = map(&[("u1", Some("ns/z")), ("u2", Some("ns/a")), ("u3", None)]);
+        assert_eq!(
+            verdict(Some(&pods), Some(Some(&healthy))).as_deref(),
+            Some("waiting for DaemonSet pod ns/a on this node to be Ready")
+        );
+        let pdbs = map(&[("ns/web", Some("ns/web"))]);
+        assert_eq!(
+            verdict(Some(&healthy), Some(Some(&pdbs))).as_deref(),
+            Some("waiting for PodDisruptionBudget ns/web to have all its pods healthy again")
+        );
+        assert_eq!(verdict(Some(&healthy), Some(Some(&healthy))), None);
     }
 }

@@ -1,5 +1,8 @@
-//! The I/O shell: watches this Node, its Leases and the pause switch, checks the maintenance
-//! flag and the boot ID, asks [`machine::next_step`] what to do, and carries the step out.
+//! The I/O shell: watches this Node, checks the maintenance flag and the boot ID, asks
+//! [`machine::next_step`] what to do, and carries the step out. Its cost follows the work: an
+//! idle, unflagged node watches only its own Node (the manual request and the pause annotation
+//! are there) and makes no other request; the Leases, their holders' Nodes, the pause switch and
+//! the health gate's pods and budgets are watched only while they can matter.
 //!
 //! - [`watch`]: the newest version of a watched object;
 //! - [`slots`]: the Leases, who holds them, and the keepers that renew them;
@@ -51,9 +54,6 @@ pub const REBOOT_WAIT: Duration = Duration::from_secs(10 * 60);
 /// Pause after a failed step before trying again: long enough not to hammer a struggling API
 /// server, short enough that a transient error costs little.
 const ERROR_RETRY: Duration = Duration::from_secs(5);
-/// How often the post-reboot health gate is re-checked while it holds the baton: pods are not
-/// watched, and a hand-off delayed by a second or two is harmless.
-const HEALTH_POLL: Duration = Duration::from_secs(2);
 /// Margin added to a computed wake-up time (a Lease's expiry), so the check runs after it.
 const WAKE_MARGIN: Duration = Duration::from_millis(50);
 
@@ -123,15 +123,6 @@ pub async fn run(
         metrics.clone(),
         "node",
     ));
-    // The cluster-wide pause switch: a ConfigMap that exists while all nodes are paused.
-    let (pause_tx, pause_rx) = tokio::sync::watch::channel(Seen::Unsynced);
-    tasks.spawn(watch_named(
-        Api::<ConfigMap>::namespaced(watch_client.clone(), &args.lock_namespace),
-        args.pause_configmap.clone(),
-        pause_tx,
-        metrics.clone(),
-        "pause configmap",
-    ));
 
     // The Leases follow this node's labels, so they are known once its Node is: until then the
     // agent is unready, and an API server that cannot be reached only delays it.
@@ -196,10 +187,20 @@ pub async fn run(
             pdb_preflight: args.pdb_preflight,
             alerts,
         },
-        pause_rx,
+        // The cluster-wide pause switch: a ConfigMap that exists while all nodes are paused.
+        (
+            Api::<ConfigMap>::namespaced(watch_client.clone(), &args.lock_namespace),
+            args.pause_configmap.clone(),
+        ),
         client.clone(),
         drainer.clone(),
         metrics.clone(),
+    );
+    let health = health::Gate::new(
+        watch_client.clone(),
+        &args.node_name,
+        args.settle_time,
+        args.gate_pdbs,
     );
     let mut agent = Agent {
         host: Host::new(args.host_pid),
@@ -208,6 +209,7 @@ pub async fn run(
         client,
         slots,
         gates,
+        health,
         coordination,
         metrics,
         ready,
@@ -223,7 +225,7 @@ pub async fn run(
         last_wait: None,
         last_error: None,
         stall_announced: false,
-        settle_retry_at: None,
+        health_wake: None,
         drain: None,
         stall: stall_tx,
         shutdown,
@@ -265,6 +267,7 @@ struct Agent {
     drainer: Drainer,
     slots: slots::Slots,
     gates: gates::Gates,
+    health: health::Gate,
     /// The Leases chosen from this node's labels at start.
     coordination: Coordination,
     metrics: Metrics,
@@ -283,7 +286,8 @@ struct Agent {
     last_wait: Option<String>,
     last_error: Option<String>,
     stall_announced: bool,
-    settle_retry_at: Option<Instant>,
+    /// When the health gate may change with time alone (the end of the settle time).
+    health_wake: Option<Instant>,
     /// The drain running in the background, while the machine says Drain.
     drain: Option<steps::DrainRun>,
     /// Since when the loop has been unable to act (a failing step, an unreadable record); the
@@ -303,6 +307,10 @@ impl Agent {
             if self.shutdown.requested() {
                 return self.stop().await;
             }
+            // The watches started and stopped on the way are supervised here.
+            self.slots.check()?;
+            self.gates.check()?;
+            self.health.check()?;
             if Instant::now() >= self.next_check {
                 self.check_flag().await;
             }
@@ -439,7 +447,7 @@ impl Agent {
         };
         at(self.slots.wake_at().map(|t| t + WAKE_MARGIN));
         at(self.gates.wake_at());
-        at(self.settle_retry_at);
+        at(self.health_wake);
         at(self.wake_at.take());
         if let Some(state) = self.node.current.get().and_then(|n| node::state_of(n).ok()) {
             let now = SystemTime::now();
@@ -470,6 +478,7 @@ impl Agent {
             () = self.slots.changed() => {}
             r = self.node_rx.changed() => if r.is_err() { tracing::error!("node watch stopped") },
             () = self.gates.pause_changed() => {}
+            () = self.health.changed() => {}
             () = tokio::time::sleep_until(wake) => {}
             () = self.shutdown.wait() => {}
         }
@@ -528,10 +537,30 @@ impl Agent {
             self.source_flag.clone(),
             annotations.get(node::REBOOT_REQUESTED).map(String::as_str),
         );
-        // Holders' Nodes are watched only while this node wants a Lease: most nodes, most of
-        // the time, want nothing and watch nothing.
-        let wants = matches!(flag, Flag::Required(_)) || state.phase != Phase::Idle;
-        self.slots.refresh().await?;
+        let flagged = matches!(flag, Flag::Required(_));
+        let wall = SystemTime::now();
+        let limits = Limits {
+            max_reboot_attempts: self.args.max_reboot_attempts,
+            reboot_wait: REBOOT_WAIT,
+            stall: self.args.stall_timeout,
+        };
+        // The pause switch is consulted, so watched, only while this node is flagged.
+        self.gates.watch_pause(flagged);
+        let paused = self.gates.paused(&annotations);
+        // The Leases and their holders' Nodes are watched only while this node is mid-cycle or
+        // could start one now (or holds a Lease): most nodes, most of the time, want nothing and
+        // watch nothing of them.
+        let wants = state.phase != Phase::Idle
+            || (flagged
+                && machine::start_blocked(
+                    paused.as_deref(),
+                    &state,
+                    boot_id.as_deref(),
+                    wall,
+                    &limits,
+                )
+                .is_none());
+        self.slots.refresh(wants).await?;
         let Some(judged) = self.slots.judge(wants, now) else {
             // A watch has not synced yet, or a Lease naming this node is being proven ours.
             return Ok(Next::Wait);
@@ -543,30 +572,28 @@ impl Agent {
         self.metrics.set_leases_held(&self.slots.held_names());
         self.metrics.set_phase(state.phase);
 
-        let mut gate = self.gates.paused(&annotations);
-        if gate.is_none() && matches!(flag, Flag::Required(_)) && state.phase == Phase::Idle {
-            // "Not blocked" is checked afresh whenever the Lease could be taken or is ours
-            // (before taking it and again before cordoning); otherwise at most every
-            // --check-interval.
-            let fresh = !matches!(judged.view, LeaseView::Held { expired: false, .. });
-            gate = self.gates.blockers(fresh).await?;
+        let mut gate = paused;
+        if gate.is_none() && flagged && state.phase == Phase::Idle {
+            // Checked when the Lease could be taken (a result up to --check-interval old will
+            // do) and afresh once it is ours, before cordoning; not while another node holds it:
+            // then the Lease is the wait.
+            if !matches!(judged.view, LeaseView::Held { expired: false, .. }) {
+                gate = self.gates.blockers(judged.view == LeaseView::Mine).await?;
+            }
         } else {
             self.gates.clear();
         }
         self.show_gate(&annotations, &flag, gate.as_deref()).await;
         // Right after its reboot, the holder keeps the baton until it is healthy.
         let settling = if state.phase == Phase::Idle && judged.view == LeaseView::Mine {
-            health::settling(
-                &self.client,
-                &node,
-                self.args.settle_time,
-                self.args.gate_pdbs,
-            )
-            .await?
+            let (why, wake) = self.health.settling(&node);
+            self.health_wake = wake;
+            why
         } else {
+            self.health.stop();
+            self.health_wake = None;
             None
         };
-        self.settle_retry_at = settling.is_some().then(|| now + HEALTH_POLL);
         // How long what the machine reads has been unknown: the flag only when it is unknown
         // after the manual request is taken into account.
         let since = |t: Option<Instant>| t.map_or(Duration::ZERO, |t| now.duration_since(t));
@@ -584,12 +611,8 @@ impl Agent {
             flag_unknown_for,
             boot_unknown_for: since(self.boot_unknown_since),
             lease: &judged.view,
-            now: SystemTime::now(),
-            limits: Limits {
-                max_reboot_attempts: self.args.max_reboot_attempts,
-                reboot_wait: REBOOT_WAIT,
-                stall: self.args.stall_timeout,
-            },
+            now: wall,
+            limits,
             gate: gate.as_deref(),
             partly_held: judged.partly_held,
             settling: settling.as_deref(),
@@ -653,15 +676,9 @@ impl Agent {
         let mine = !self.slots.held().is_empty();
         // Right after a reboot the baton passes on only through the health gate; a restart
         // then (a DaemonSet update, say) keeps it, and the next start resumes the gate.
+        // (Unread pods or budgets count as not healthy: the next start resumes the gate.)
         let gated = match (&node, idle && mine) {
-            (Some(n), true) => {
-                match health::settling(&self.client, n, self.args.settle_time, self.args.gate_pdbs)
-                    .await
-                {
-                    Ok(why) => why,
-                    Err(e) => Some(format!("could not check the health gate ({e:#})")),
-                }
-            }
+            (Some(n), true) => self.health.settling(n).0,
             _ => None,
         };
         if let Some(why) = gated {

@@ -2,6 +2,10 @@
 //! control-plane Lease): what the agent sees of each, the Node of each holder it waits for, and a
 //! keeper task per Lease that renews the ones this node holds.
 //!
+//! The Leases are watched (by name) only while this node wants one or holds one: an idle node
+//! reads them once at start, to learn whether it still holds one from before a restart, and
+//! then watches nothing of them until it is flagged.
+//!
 //! "This node holds it" is judged from this agent's own successful writes (a take, a renewal),
 //! not from the watch alone: a Lease renewed by nobody for two thirds of its TTL, taken by
 //! another node, or deleted, is lost at once, and the drain that needed it stops.
@@ -20,7 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Tasks;
-use super::watch::{Latest, Seen, watch_named};
+use super::watch::{Latest, Seen, Watched};
 use crate::lease::{self, HolderNode, LeaseClient, LeaseError, LeaseView, Observer, Record};
 use crate::machine::Phase;
 use crate::metrics::Metrics;
@@ -58,12 +62,14 @@ enum Hold {
 /// One Lease.
 struct Slot {
     client: LeaseClient,
-    rx: watch::Receiver<Seen<Lease>>,
+    /// The watch on the Lease, while engaged.
+    watch: Option<Watched<Lease>>,
     seen: Latest<Lease>,
     observer: Observer,
-    /// A watch on the Node of the Lease's holder, while another node holds it and this node
-    /// wants it: a deleted, long-NotReady (but not rebooting) or, for a deleted Lease, idle
-    /// holder frees it before its TTL.
+    /// A watch on the Node of the Lease's holder, while another node holds it, this node wants
+    /// it and the holder is suspect (late to renew, or its Lease deleted): a deleted,
+    /// long-NotReady (but not rebooting) or, for a deleted Lease, idle holder frees it before its
+    /// TTL. A holder that renews on time is not watched: none of that can apply to it yet.
     holder: Option<HolderWatch>,
     holder_node: HolderNode,
     /// Whether a holder NotReady for too long loses the Lease (never for the control-plane
@@ -75,9 +81,25 @@ struct Slot {
     tenure_rx: watch::Receiver<Tenure>,
 }
 
+/// Whether the Leases are watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Just started: whether this node still holds a Lease is not known yet.
+    Unknown,
+    /// Not watched: this node neither wants nor holds a Lease.
+    Dormant,
+    /// Watched, and the holders' Nodes too while this node wants a Lease.
+    Engaged,
+}
+
 /// The Leases of one node.
 pub(super) struct Slots {
     slots: Vec<Slot>,
+    mode: Mode,
+    /// Whether this node wanted a Lease at the last judgement.
+    wants: bool,
+    /// The Leases' namespace, for watches.
+    leases: Api<Lease>,
     /// How many of `slots` are the group's (the control-plane Lease, if any, comes after).
     group: usize,
     /// The group slot this node holds, or would take, or waits for.
@@ -114,7 +136,8 @@ pub(super) struct Settings<'a> {
 }
 
 impl Slots {
-    /// Watches and keepers for every Lease in `settings`, spawned into `tasks`. `stall` says
+    /// A keeper for every Lease in `settings`, spawned into `tasks` (the watches start when the
+    /// node wants or holds a Lease: see [`Slots::refresh`]). `stall` says
     /// since when the main loop has been unable to act; past `settings.stall` the keepers stop
     /// renewing, so that the Leases expire and others take over.
     pub(super) fn start(
@@ -132,14 +155,6 @@ impl Slots {
             .into_iter()
             .enumerate()
             .map(|(i, name)| {
-                let (tx, rx) = watch::channel(Seen::Unsynced);
-                tasks.spawn(watch_named(
-                    Api::<Lease>::namespaced(watch_client.clone(), settings.namespace),
-                    name.clone(),
-                    tx,
-                    metrics.clone(),
-                    "lease",
-                ));
                 let client = LeaseClient::new(
                     Api::namespaced(client.clone(), settings.namespace),
                     &name,
@@ -163,7 +178,7 @@ impl Slots {
                 ));
                 Slot {
                     client,
-                    rx,
+                    watch: None,
                     seen: Latest::default(),
                     observer: Observer::new(Instant::now()),
                     holder: None,
@@ -177,6 +192,9 @@ impl Slots {
             .collect();
         Self {
             slots,
+            mode: Mode::Unknown,
+            wants: false,
+            leases: Api::namespaced(watch_client.clone(), settings.namespace),
             group: settings.group,
             slot: 0,
             me: settings.me.to_owned(),
@@ -187,11 +205,24 @@ impl Slots {
         }
     }
 
-    /// Takes in what the watches delivered. A watch saying a Lease is gone while this agent
-    /// knows it present (perhaps from its own fresh write) is believed only after a read.
-    pub(super) async fn refresh(&mut self) -> anyhow::Result<()> {
+    /// Starts watching the Leases when this node wants one (`wants`) or, on start, when one
+    /// still names it (read once); then takes in what the watches delivered. A watch saying a
+    /// Lease is gone while this agent knows it present (perhaps from its own fresh write) is
+    /// believed only after a read.
+    pub(super) async fn refresh(&mut self, wants: bool) -> anyhow::Result<()> {
+        if self.mode != Mode::Engaged {
+            if wants || (self.mode == Mode::Unknown && self.one_names_me().await?) {
+                self.engage();
+            } else {
+                self.mode = Mode::Dormant;
+                return Ok(());
+            }
+        }
         for slot in &mut self.slots {
-            let seen = slot.rx.borrow_and_update().clone();
+            let Some(watch) = slot.watch.as_mut() else {
+                continue;
+            };
+            let seen = watch.rx.borrow_and_update().clone();
             if slot.seen.contradicts(&seen) {
                 let now = slot.client.get().await.context("reading the lease again")?;
                 slot.seen
@@ -203,10 +234,78 @@ impl Slots {
         Ok(())
     }
 
+    /// Whether a Lease names this node, read once at start (it may have restarted while
+    /// holding one: mid-cycle, or in the post-reboot health gate).
+    async fn one_names_me(&self) -> anyhow::Result<bool> {
+        for slot in &self.slots {
+            let lease = slot
+                .client
+                .get()
+                .await
+                .context("reading the leases at start")?;
+            if lease.is_some_and(|l| Record::from_lease(&l).holder.as_deref() == Some(&self.me)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Starts watching every Lease, judging each afresh (expiry is counted from now on).
+    fn engage(&mut self) {
+        let now = Instant::now();
+        for slot in &mut self.slots {
+            slot.watch = Some(Watched::start(
+                self.leases.clone(),
+                slot.client.name(),
+                &self.metrics,
+                "lease",
+            ));
+            slot.seen = Latest::default();
+            slot.observer = Observer::new(now);
+        }
+        self.mode = Mode::Engaged;
+        tracing::debug!("watching the leases");
+    }
+
+    /// Stops every watch: this node neither wants nor holds a Lease.
+    fn disengage(&mut self) {
+        for slot in &mut self.slots {
+            slot.watch = None;
+            slot.holder = None;
+            slot.holder_node = HolderNode::Unknown;
+            slot.seen = Latest::default();
+        }
+        self.mode = Mode::Dormant;
+        tracing::debug!("no longer watching the leases");
+    }
+
+    /// An error if a watch task ended (supervision: the agent then exits).
+    pub(super) fn check(&self) -> anyhow::Result<()> {
+        for slot in &self.slots {
+            if let Some(w) = &slot.watch {
+                w.check()?;
+            }
+            if let Some(h) = &slot.holder {
+                h.watch.check()?;
+            }
+        }
+        Ok(())
+    }
+
     /// The Leases judged for the state machine; `None` until every watch has synced and every
     /// Lease that names this node has been proven ours (or lost) by a renewal. `wants` says
-    /// whether this node wants a Lease (only then are holders' Nodes watched).
+    /// whether this node wants a Lease (only then are holders' Nodes watched). Unwatched, they
+    /// are judged free: this node neither wants nor holds one, so nothing is taken on that view.
+    /// Once this node neither wants nor holds one, the watches stop.
     pub(super) fn judge(&mut self, wants: bool, now: Instant) -> Option<Judged> {
+        self.wants = wants;
+        if self.mode != Mode::Engaged {
+            return Some(Judged {
+                view: LeaseView::Free,
+                take: self.slot,
+                partly_held: false,
+            });
+        }
         let mut views = Vec::with_capacity(self.slots.len());
         let mut confirming = false;
         // A Lease that names this node but whose hold was lost (not renewed in time): not ours
@@ -240,8 +339,12 @@ impl Slots {
                     }
                 }
             }
+            let suspect = slot
+                .observer
+                .suspect_at(&self.me, self.ttl)
+                .is_some_and(|t| now >= t);
             match &mut view {
-                LeaseView::Held { holder, expired } if wants => {
+                LeaseView::Held { holder, expired } if wants && suspect => {
                     if slot.holder.as_ref().is_none_or(|h| h.name != *holder) {
                         slot.holder = Some(HolderWatch::start(
                             &self.watch_client,
@@ -274,6 +377,15 @@ impl Slots {
         if confirming {
             return None;
         }
+        let holding = stale
+            || views.contains(&LeaseView::Mine)
+            || self
+                .slots
+                .iter()
+                .any(|s| *s.tenure_rx.borrow() != Tenure::NotHeld);
+        if !wants && !holding {
+            self.disengage();
+        }
         let groups = &views[..self.group];
         let start = lease::start_slot(&self.me, groups.len());
         self.slot = lease::pick_slot(groups, start);
@@ -301,14 +413,40 @@ impl Slots {
         i: usize,
         owner: Option<&OwnerReference>,
     ) -> anyhow::Result<bool> {
+        anyhow::ensure!(
+            self.mode == Mode::Engaged,
+            "not taking a lease that is not watched"
+        );
         let slot = &mut self.slots[i];
+        let version = slot
+            .seen
+            .current
+            .get()
+            .and_then(|l| l.metadata.resource_version.clone())
+            .unwrap_or_default();
+        let delay = lease::take_delay(&self.me, i, self.group, &version);
+        if let Some(w) = slot.watch.as_mut().filter(|_| !delay.is_zero())
+            && tokio::time::timeout(delay, w.rx.changed()).await.is_ok()
+        {
+            // The Lease changed while this node held back (another node most likely took it):
+            // decide again on what it is now.
+            tracing::debug!(
+                lease = slot.client.name(),
+                "the lease changed before this node took it"
+            );
+            return Ok(false);
+        }
         // The Lease as judged: a deleted one's last record is not what is there now (nothing).
         let judged = if slot.observer.deleted() {
             None
         } else {
             slot.observer.last()
         };
-        match slot.client.acquire(judged, owner).await {
+        match slot
+            .client
+            .acquire_from(judged, owner, slot.seen.known())
+            .await
+        {
             Ok(lease) => {
                 tracing::info!(node = %self.me, lease = slot.client.name(), "took the lease");
                 slot.hold.send_replace(Hold::Written(Instant::now()));
@@ -316,13 +454,12 @@ impl Slots {
                 slot.seen.offer(Seen::Present(Box::new(lease)));
                 Ok(true)
             }
-            Err(LeaseError::HeldByOther(h)) => {
-                // Lost a race: record the Lease as it is now (the watch may lag), so the next
-                // decision sees it held and another slot may be tried at once.
-                tracing::info!(holder = %h, lease = slot.client.name(), "another node took the lease first");
-                let fresh = slot.client.get().await?;
-                slot.seen
-                    .offer(fresh.map_or(Seen::Missing, |l| Seen::Present(Box::new(l))));
+            Err(LeaseError::Taken(current)) => {
+                // Lost a race: record the Lease as it just read it (the watch may lag), so the
+                // next decision sees it held and another slot may be tried at once.
+                let holder = Record::from_lease(&current).holder.unwrap_or_default();
+                tracing::info!(%holder, lease = slot.client.name(), "another node took the lease first");
+                slot.seen.offer(Seen::Present(current));
                 Ok(false)
             }
             Err(e) => Err(e.into()),
@@ -337,7 +474,7 @@ impl Slots {
             if *slot.tenure.borrow() != Tenure::Held {
                 return Err(format!("lease {} is not held", slot.client.name()));
             }
-            match slot.client.renew().await {
+            match slot.client.renew_from(slot.seen.known()).await {
                 Ok(l) => {
                     slot.hold.send_replace(Hold::Written(Instant::now()));
                     slot.seen.offer(Seen::Present(Box::new(l)));
@@ -362,7 +499,11 @@ impl Slots {
             let slot = &mut self.slots[i];
             // Stop renewing first: a release that fails leaves the Lease to expire.
             slot.hold.send_replace(Hold::No);
-            let lease = slot.client.release().await.context("releasing the lease")?;
+            let lease = slot
+                .client
+                .release_from(slot.seen.known())
+                .await
+                .context("releasing the lease")?;
             if let Some(l) = lease {
                 if Record::from_lease(&l).holder.is_none() {
                     tracing::info!(node = %me, lease = slot.client.name(), "released the lease");
@@ -394,29 +535,45 @@ impl Slots {
             .collect()
     }
 
-    /// Resolves when a Lease, a watched holder's Node or a keeper's verdict changes.
+    /// Resolves when a Lease, a watched holder's Node or a keeper's verdict changes, or a
+    /// watch ended (which [`Slots::check`] then reports).
     pub(super) async fn changed(&mut self) {
-        let mut all: Vec<std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>>> = Vec::new();
+        let mut all: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> = Vec::new();
         for slot in &mut self.slots {
-            all.push(Box::pin(async { slot.rx.changed().await.is_ok() }));
-            all.push(Box::pin(async { slot.tenure_rx.changed().await.is_ok() }));
+            if let Some(w) = slot.watch.as_mut() {
+                all.push(Box::pin(async {
+                    let _ = w.rx.changed().await;
+                }));
+            }
+            all.push(Box::pin(async {
+                let _ = slot.tenure_rx.changed().await;
+            }));
             if let Some(h) = slot.holder.as_mut() {
-                all.push(Box::pin(async { h.rx.changed().await.is_ok() }));
+                all.push(Box::pin(async {
+                    let _ = h.watch.rx.changed().await;
+                }));
             }
         }
-        if all.is_empty() || !select_all(all).await.0 {
+        if all.is_empty() {
             std::future::pending::<()>().await;
         }
+        select_all(all).await;
     }
 
-    /// When a judgement may change with time alone: a holder's Lease expiring, or a NotReady
-    /// holder's limit passing.
+    /// When a judgement may change with time alone: a holder's Lease expiring, a holder
+    /// becoming suspect (while this node wants a Lease), or a NotReady holder's limit passing.
     pub(super) fn wake_at(&self) -> Option<Instant> {
+        if self.mode != Mode::Engaged {
+            return None;
+        }
         self.slots
             .iter()
             .flat_map(|s| {
                 [
                     s.observer.expires_at(&self.me, self.ttl),
+                    s.observer
+                        .suspect_at(&self.me, self.ttl)
+                        .filter(|t| self.wants && s.holder.is_none() && *t > Instant::now()),
                     s.observer.holder_gone_at(
                         s.holder_node,
                         s.not_ready_takeover,
@@ -549,38 +706,22 @@ async fn lost(hold: &mut watch::Receiver<Hold>, tenure: &watch::Sender<Tenure>) 
 /// A watch on the current holder's Node, replaced when the holder changes.
 struct HolderWatch {
     name: String,
-    rx: watch::Receiver<Seen<Node>>,
-    task: tokio::task::JoinHandle<(&'static str, anyhow::Result<()>)>,
+    watch: Watched<Node>,
     not_ready_since: Option<Instant>,
-}
-
-impl Drop for HolderWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl HolderWatch {
     fn start(client: &Client, name: &str, metrics: &Metrics) -> Self {
-        let (tx, rx) = watch::channel(Seen::Unsynced);
-        let task = tokio::spawn(watch_named(
-            Api::<Node>::all(client.clone()),
-            name.to_owned(),
-            tx,
-            metrics.clone(),
-            "holder node",
-        ));
         Self {
             name: name.to_owned(),
-            rx,
-            task,
+            watch: Watched::start(Api::all(client.clone()), name, metrics, "holder node"),
             not_ready_since: None,
         }
     }
 
     /// What is known of the holder's Node now. An unreadable phase counts as mid-cycle.
     fn observe(&mut self, now: Instant) -> HolderNode {
-        match &*self.rx.borrow_and_update() {
+        match &*self.watch.rx.borrow_and_update() {
             Seen::Unsynced => HolderNode::Unknown,
             Seen::Missing => HolderNode::Missing,
             Seen::Present(n) => {
@@ -780,15 +921,19 @@ mod tests {
             .unwrap()
     }
 
-    /// One slot over `lease`, whose watch is `rx`.
+    /// One engaged slot over `lease`, whose watch is `rx`.
     fn one_slot(lease: LeaseClient, rx: watch::Receiver<Seen<Lease>>) -> Slots {
         let (hold, _) = watch::channel(Hold::No);
         let (tenure, tenure_rx) = watch::channel(Tenure::NotHeld);
         let (service, _unused) = mock::pair::<Request<Body>, Response<Body>>();
+        let spare = Client::new(service, "ns");
         Slots {
+            mode: Mode::Engaged,
+            wants: true,
+            leases: Api::namespaced(spare.clone(), "ns"),
             slots: vec![Slot {
                 client: lease,
-                rx,
+                watch: Some(Watched::fake(rx)),
                 seen: Latest::default(),
                 observer: Observer::new(Instant::now()),
                 holder: None,
@@ -803,7 +948,7 @@ mod tests {
             me: "me".into(),
             ttl: TTL,
             not_ready_limit: Duration::from_secs(60),
-            watch_client: Client::new(service, "ns"),
+            watch_client: spare,
             metrics: Metrics::new().unwrap(),
         }
     }
@@ -831,7 +976,7 @@ mod tests {
         let api = tokio::time::timeout(Duration::from_secs(10), async {
             expect(&mut h, "GET", lease("me", "10")).await;
         });
-        let (refreshed, asked) = tokio::join!(slots.refresh(), api);
+        let (refreshed, asked) = tokio::join!(slots.refresh(true), api);
         refreshed.unwrap();
         asked.expect("no read before believing the deletion");
         assert!(
@@ -841,7 +986,7 @@ mod tests {
         // A deletion the read confirms is believed.
         tx.send_replace(Seen::Missing);
         let api = async { expect(&mut h, "GET", not_found()).await };
-        let (refreshed, ()) = tokio::join!(slots.refresh(), api);
+        let (refreshed, ()) = tokio::join!(slots.refresh(true), api);
         refreshed.unwrap();
         assert!(matches!(slots.slots[0].seen.current, Seen::Missing));
     }

@@ -94,17 +94,21 @@ impl Agent {
             .boot_id
             .ok_or_else(|| anyhow!("no boot ID to start a cycle from"))?;
         // Pods that refuse the drain (emptyDir, unmanaged...) stop the cycle before anything is
-        // cordoned, naming them.
-        let plan = self.drainer.plan().await?;
+        // cordoned, naming them. (This decision's blocker check may just have listed them.)
+        let (plan, budgets_checked) = match self.gates.take_plan() {
+            Some(p) => (p, true),
+            None => (self.drainer.plan().await?, false),
+        };
         if let Some(why) = plan.refusal() {
             self.metrics.errors.with_label_values(&["drain"]).inc();
             return self
                 .abort(cx, false, AbortReason::DrainFailed, Some(why))
                 .await;
         }
-        // The budgets were checked before the Lease was taken; once more now, holding it. A
-        // budget at zero gives the Lease back (the gate then says why).
-        if self.gates.recheck_budgets().await?.is_some() {
+        // The budgets were checked before the Lease was taken; once more now, holding it (unless
+        // this decision's check just did). A budget at zero gives the Lease back (the gate then
+        // says why).
+        if !budgets_checked && self.gates.recheck_budgets(&plan).await?.is_some() {
             self.slots.release().await?;
             return Ok(Next::Again);
         }
@@ -490,7 +494,9 @@ impl Agent {
                 state.reboot_attempts
             ),
             AbortReason::LeaseLost => {
-                format!("the lease was lost before the reboot; maintenance stopped; {done}")
+                format!(
+                    "the lease was lost before the reboot; maintenance stopped; {done}; next try after {backoff}"
+                )
             }
             AbortReason::FlagCleared => {
                 format!("the maintenance flag cleared; maintenance stopped; {done}")

@@ -1,6 +1,7 @@
 //! Perf program (prints figures, asserts nothing): the idle footprint of one agent with nothing
-//! to do — resident memory, CPU time, and every API request it makes (from the API server's
-//! audit log) — over a window of `--seconds` (default 300).
+//! to do — resident memory, CPU time, every API request it makes and the watches it keeps open
+//! (from the API server's audit log) — over a window of `--seconds` (default 300; watches are
+//! re-made every 5–10 minutes, so 660 s sees each at least once).
 //!
 //! `cargo build -p baton && cargo run -p baton-tests --bin baton-idle -- --seconds 300`
 
@@ -10,7 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use baton_tests::Cluster;
 use baton_tests::agent::{Method, SimNode};
+use baton_tests::audit;
 use baton_tests::cluster::Options;
+use jiff::Timestamp;
 
 /// /proc reports CPU time in USER_HZ ticks, which Linux fixes at 100 for user space.
 const USER_HZ: f64 = 100.0;
@@ -31,32 +34,30 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// Requests by baton agents in the audit log, from line `from` on: (verb resource) -> count.
-fn audit_requests(path: &std::path::Path, from: usize) -> Result<(usize, BTreeMap<String, usize>)> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut counts = BTreeMap::new();
-    let mut seen = std::collections::HashSet::new();
-    let lines: Vec<&str> = text.lines().collect();
-    for line in lines.iter().skip(from) {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let ua = v["userAgent"].as_str().unwrap_or_default();
-        if !ua.starts_with("baton/") {
-            continue;
-        }
-        let id = v["auditID"].as_str().unwrap_or_default().to_owned();
-        if !seen.insert(id) {
-            continue;
-        }
-        let key = format!(
-            "{} {}",
-            v["verb"].as_str().unwrap_or("?"),
-            v["objectRef"]["resource"].as_str().unwrap_or("?")
-        );
-        *counts.entry(key).or_insert(0) += 1;
-    }
-    Ok((lines.len(), counts))
+/// The agent's requests received in `[from, to)`, by `verb resource`, and its watches open at `to`.
+fn audit_window(
+    path: &std::path::Path,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<(BTreeMap<String, usize>, Vec<String>)> {
+    let reqs = audit::read(path)?;
+    let window = audit::by_kind(
+        reqs.iter()
+            .filter(|r| r.is_baton() && r.received >= from && r.received < to),
+    );
+    let open = reqs
+        .iter()
+        .filter(|r| r.is_baton() && r.watching_at(to))
+        .map(|r| {
+            format!(
+                "{} {} (timeoutSeconds {})",
+                r.kind(),
+                r.query("fieldSelector").unwrap_or_default(),
+                r.query("timeoutSeconds").unwrap_or_default()
+            )
+        })
+        .collect();
+    Ok((window, open))
 }
 
 #[tokio::main]
@@ -83,7 +84,18 @@ async fn main() -> Result<()> {
     node.start()?;
     node.wait_ready(Duration::from_secs(60)).await?;
     let pid = node.pid().context("agent not running")?;
-    let (start_line, startup) = audit_requests(&cluster.audit_log(), 0)?;
+    // The start-up reads (its Node, its Lease once) take milliseconds; the window starts after.
+    baton_tests::wait_for("the start-up reads", Duration::from_secs(60), || async {
+        let (seen, _) = audit_window(
+            &cluster.audit_log(),
+            Timestamp::UNIX_EPOCH,
+            Timestamp::now(),
+        )?;
+        Ok(seen.contains_key("get leases").then_some(()))
+    })
+    .await?;
+    let from = Timestamp::now();
+    let (startup, _) = audit_window(&cluster.audit_log(), Timestamp::UNIX_EPOCH, from)?;
     let cpu0 = cpu_ticks(pid).unwrap_or(0);
     println!("agent ready; start-up requests: {startup:?}");
     println!("measuring {seconds}s of idling...");
@@ -94,7 +106,7 @@ async fn main() -> Result<()> {
     }
     let cpu1 = cpu_ticks(pid).unwrap_or(0);
     let hz = USER_HZ;
-    let (_, idle) = audit_requests(&cluster.audit_log(), start_line)?;
+    let (idle, open) = audit_window(&cluster.audit_log(), from, Timestamp::now())?;
     let total: usize = idle.values().sum();
     println!("=== idle footprint of one agent over {seconds}s");
     println!(
@@ -108,7 +120,10 @@ async fn main() -> Result<()> {
         (cpu1 - cpu0) as f64 / hz,
         (cpu1 - cpu0) as f64 / hz / seconds as f64 * 100.0
     );
-    println!("api requests:     {total} in the window {idle:?}");
-    println!("(watches still open at the end are not in the audit log until they complete)");
+    println!(
+        "api requests:     {total} received in the window ({:.3}/min) {idle:?}",
+        total as f64 / (seconds as f64 / 60.0)
+    );
+    println!("open watches:     {} at the end {open:?}", open.len());
     Ok(())
 }
