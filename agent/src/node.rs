@@ -20,8 +20,12 @@ pub const REBOOT_REQUESTED: &str = "baton.dev/reboot-requested";
 /// Set by a human (value = reason) on a Node to keep it from starting a cycle (every node: the
 /// pause ConfigMap).
 pub const PAUSE: &str = "baton.dev/pause";
-/// Why a flagged node is not starting its cycle (outside the window, paused, blocked).
+/// Why a flagged node is not starting its cycle (outside the window, paused, blocked, or
+/// [`WAITING_FOR_SLOT`]).
 pub const WAITING: &str = "baton.dev/waiting";
+/// [`WAITING`] while a flagged node waits only for a Lease slot. One text whoever holds the
+/// slots, so a node writes it once per cycle, not once per hand-off.
+pub const WAITING_FOR_SLOT: &str = "waiting for a free Lease slot";
 /// The phase (`draining`, `rebooting`); absent when idle.
 pub const PHASE: &str = "baton.dev/phase";
 /// When the phase began (RFC 3339).

@@ -207,6 +207,8 @@ async fn status_shows_slots_queue_drains_history_and_agents_with_read_access_onl
         n.start().unwrap();
     }
     wait_waiting(&client, n4, "disk replacement", None).await;
+    // Node 3's agent says it waits for the Lease node 1 holds.
+    wait_waiting(&client, n3, "waiting for a free Lease slot", None).await;
     // The drain on node 1 says which budget refuses (once its budget watch has listed them: the
     // very first refusal may come before).
     wait_node(&client, n1, "drain progress naming the budget", |n| {

@@ -583,7 +583,23 @@ impl Agent {
         } else {
             self.gates.clear();
         }
-        self.show_gate(&annotations, &flag, gate.as_deref()).await;
+        // With no gate, a flagged idle node whose Lease another node holds waits for a slot:
+        // shown too, so that `baton status` lists it, and kept while a freed slot is raced for
+        // (a node that finds its slot free takes it without writing this first).
+        let slot_wait = flagged
+            && state.phase == Phase::Idle
+            && match judged.view {
+                LeaseView::Held { .. } => true,
+                LeaseView::Free => {
+                    annotations.get(node::WAITING).map(String::as_str)
+                        == Some(node::WAITING_FOR_SLOT)
+                }
+                LeaseView::Mine => false,
+            };
+        let shown = gate
+            .as_deref()
+            .or_else(|| slot_wait.then_some(node::WAITING_FOR_SLOT));
+        self.show_gate(&annotations, &flag, shown).await;
         // Right after its reboot, the holder keeps the baton until it is healthy.
         let settling = if state.phase == Phase::Idle && judged.view == LeaseView::Mine {
             let (why, wake) = self.health.settling(&node);
@@ -637,8 +653,8 @@ impl Agent {
         .await
     }
 
-    /// Shows on the Node why a flagged node waits (window, pause, blocker), and clears it after;
-    /// a write only when the reason changes.
+    /// Shows on the Node why a flagged node waits (window, pause, blocker, a Lease slot), and
+    /// clears it after; a write only when the reason changes.
     async fn show_gate(
         &mut self,
         annotations: &BTreeMap<String, String>,

@@ -480,9 +480,14 @@ fn slot_order(lock_name: &str, s: &Slot) -> (bool, Option<String>, usize, String
     (s.control_plane, s.group.clone(), index, s.lease.clone())
 }
 
+/// How the queue says that a node waits only for a Lease slot.
+const FREE_SLOT: &str = "a free slot";
+
 /// Classifies the agent's `baton.dev/waiting` text (see the agent's gates).
 pub fn classify_wait(text: &str) -> WaitKind {
-    if text.starts_with("paused cluster-wide") {
+    if text == node::WAITING_FOR_SLOT {
+        WaitKind::Slot
+    } else if text.starts_with("paused cluster-wide") {
         WaitKind::ClusterPause
     } else if text.starts_with("paused on this node") {
         WaitKind::NodePause
@@ -606,9 +611,16 @@ pub fn report(snapshot: &Snapshot, settings: &Settings, now: Timestamp) -> Repor
         }
         let mut reasons = Vec::new();
         if let Some(w) = waiting {
+            let kind = classify_wait(w);
             reasons.push(WaitReason {
-                kind: classify_wait(w),
-                text: w.to_owned(),
+                kind,
+                // The agent's slot wait reads like the one shown for a node whose agent has
+                // not said anything yet.
+                text: if kind == WaitKind::Slot {
+                    FREE_SLOT.to_owned()
+                } else {
+                    w.to_owned()
+                },
                 until: None,
             });
         }
@@ -660,7 +672,7 @@ pub fn report(snapshot: &Snapshot, settings: &Settings, now: Timestamp) -> Repor
         if reasons.is_empty() {
             reasons.push(WaitReason {
                 kind: WaitKind::Slot,
-                text: "a free slot".into(),
+                text: FREE_SLOT.into(),
                 until: None,
             });
         }

@@ -308,6 +308,7 @@ fn waits_are_classified_from_the_agents_own_words() {
             "not cordoning: PodDisruptionBudget ns/web allows no disruption now".to_owned(),
             WaitKind::Pdb,
         ),
+        (node::WAITING_FOR_SLOT.to_owned(), WaitKind::Slot),
         ("something new".to_owned(), WaitKind::Other),
     ] {
         assert_eq!(classify_wait(&text), kind, "{text}");
