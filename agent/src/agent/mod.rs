@@ -584,17 +584,17 @@ impl Agent {
             self.gates.clear();
         }
         // With no gate, a flagged idle node whose Lease another node holds waits for a slot:
-        // shown too, so that `baton status` lists it, and kept while a freed slot is raced for
-        // (a node that finds its slot free takes it without writing this first).
+        // shown too, so that `baton status` lists it. Kept while a freed slot is raced for, and
+        // once taken until the cordon's own write clears it: no write of its own between two
+        // nodes' cycles (a node that finds its slot free takes it without writing this first).
         let slot_wait = flagged
             && state.phase == Phase::Idle
             && match judged.view {
                 LeaseView::Held { .. } => true,
-                LeaseView::Free => {
+                LeaseView::Free | LeaseView::Mine => {
                     annotations.get(node::WAITING).map(String::as_str)
                         == Some(node::WAITING_FOR_SLOT)
                 }
-                LeaseView::Mine => false,
             };
         let shown = gate
             .as_deref()

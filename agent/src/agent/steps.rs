@@ -121,8 +121,11 @@ impl Agent {
             backoff_until: None,
             ..cx.state.clone()
         };
+        let mut annotations = node::state_annotations(&next, SystemTime::now());
+        // The wait is over: cleared with the cordon, not by a write of its own.
+        annotations.insert(node::WAITING.into(), Value::Null);
         let update = Update {
-            annotations: node::state_annotations(&next, SystemTime::now()),
+            annotations,
             // --pre-reboot-node-labels, with the cordon.
             labels: self.args.node_labels(true),
             unschedulable: cordon.then_some(true),
